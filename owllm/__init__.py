@@ -1,0 +1,36 @@
+"""OWLLM: a reliability layer for self-hosted LLM servers."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from owllm.config import Config, ModelConfig, load_config
+from owllm.errors import (
+    ConfigError,
+    EnvError,
+    OwllmError,
+    ServerError,
+    ServerStartTimeout,
+    StateStoreError,
+    UsageError,
+)
+from owllm.paths import Home, resolve_home
+from owllm.state_store import StateStore, get_state_store
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "EnvError",
+    "Home",
+    "ModelConfig",
+    "OwllmError",
+    "ServerError",
+    "ServerStartTimeout",
+    "StateStore",
+    "StateStoreError",
+    "UsageError",
+    "__version__",
+    "get_state_store",
+    "load_config",
+    "resolve_home",
+]

@@ -1,0 +1,85 @@
+"""Helpers every CLI group shares: context from the global options, and output.
+
+Output rule: a command's result (a dict or list of dicts) goes to stdout as JSON when
+``--json`` is given or stdout is not a terminal; on a terminal it is shown as a table or
+indented JSON.  Progress and human messages go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from owllm.config import Config, load_config
+from owllm.errors import UsageError
+from owllm.paths import Home, resolve_config_path, resolve_home
+from owllm.state_store import StateStore
+
+
+@dataclass
+class Context:
+    """What the global options (``--config``, ``--home``, ``--json``) resolve to, lazily."""
+
+    config_arg: str | None
+    home_arg: str | None
+    json: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Context:
+        return cls(getattr(args, "config", None), getattr(args, "home", None),
+                   bool(getattr(args, "json", False)))
+
+    @cached_property
+    def config_path(self) -> Path:
+        path = resolve_config_path(self.config_arg)
+        if path is None:
+            raise UsageError("no configs/llm_backends.yaml found from the working directory up",
+                             hint="pass --config PATH")
+        return path
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    @cached_property
+    def home(self) -> Home:
+        config = self.config_arg or (str(resolve_config_path(None) or "") or None)
+        return resolve_home(self.home_arg, config).ensure()
+
+    @cached_property
+    def store(self) -> StateStore:
+        return StateStore(self.home.state_db)
+
+
+def emit(ctx: Context, data: Any, columns: Sequence[str] | None = None) -> None:
+    """Print a result: JSON for machines, a table (when ``columns`` given) for people."""
+    if ctx.json or not sys.stdout.isatty() or columns is None:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    rows = data if isinstance(data, list) else [data]
+    print_table(rows, columns)
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # rich is optional
+        for row in rows:
+            print("  ".join(f"{c}={row.get(c)}" for c in columns))
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    Console().print(table)
+
+
+def info(message: str) -> None:
+    """A human message on stderr (never mixed into JSON on stdout)."""
+    print(message, file=sys.stderr)

@@ -1,0 +1,236 @@
+"""Installers behind one small Protocol: uv (preferred) and ``python -m venv`` + pip (fallback).
+
+Both run as child processes whose output goes to a log file (and, on a terminal, to stderr as
+progress); on Linux the child is killed when its builder dies (``PR_SET_PDEATHSIG``), so a
+kill -9 of the builder never leaves an installer writing into a directory that a later call
+is about to clean up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from owllm.envs.pipconf import PipSettings, torch_index_args, uv_source_args
+from owllm.envs.spec import BuildSpec, canonical_name
+from owllm.errors import EnvError
+
+ENV_INSTALLER = "OWLLM_INSTALLER"  # uv | pip: force one (tests, benchmarks)
+TAIL_LINES = 40
+
+
+def venv_python(venv: Path) -> Path:
+    """The interpreter of a venv, the platform's way."""
+    if os.name == "nt":
+        return venv / "Scripts" / "python.exe"
+    return venv / "bin" / "python"
+
+
+def venv_scripts(venv: Path) -> Path:
+    return venv / ("Scripts" if os.name == "nt" else "bin")
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """What to install into one env, with where from."""
+
+    spec: BuildSpec
+    pip: PipSettings
+    torch_policy: str = "auto"
+    constraints_file: Path | None = None  # --from-constraints: install exactly these pins
+
+
+class InstallFailed(EnvError):
+    """An installer exited non-zero; ``tail`` holds its last output lines."""
+
+    def __init__(self, message: str, tail: str) -> None:
+        super().__init__(message + ("\n" + tail if tail else ""),
+                         hint="see the env log under <home>/.owllm/logs/")
+        self.tail = tail
+
+
+class Installer(Protocol):
+    """Creates a venv and installs a plan into it."""
+
+    name: str
+
+    def version(self) -> str: ...
+
+    def create_venv(self, venv: Path, base_python: Path, plan: InstallPlan,
+                    log: Path) -> None: ...
+
+    def install(self, venv: Path, plan: InstallPlan, log: Path) -> None: ...
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def run_logged(cmd: Sequence[str], log: Path, *, env: dict[str, str] | None = None,
+               progress: Callable[[str], None] | None = None,
+               on_start: Callable[[], None] | None = None) -> None:
+    """Run ``cmd``, append its output to ``log``; raise InstallFailed with the tail."""
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as out:
+        out.write("$ " + " ".join(map(str, cmd)) + "\n")
+        out.flush()
+        proc = subprocess.Popen(
+            [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=env, text=True, errors="replace",
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        if on_start is not None:
+            on_start()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            tail.append(line.rstrip())
+            if progress is not None:
+                progress(line.rstrip())
+        code = proc.wait()
+        out.write(f"[exit {code}]\n")
+    if code != 0:
+        raise InstallFailed(f"{Path(cmd[0]).name} exited with {code}", "\n".join(tail))
+
+
+def _child_env(pip: PipSettings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("VIRTUAL_ENV", None)  # never install into the orchestrator's own venv
+    if pip.cert and "SSL_CERT_FILE" not in env:
+        env["SSL_CERT_FILE"] = pip.cert
+    return env
+
+
+def _overrides(spec: BuildSpec) -> list[str]:
+    """uv overrides that drop packages: a never-true marker removes a dependency."""
+    return [f'{name} ; sys_platform == "never"' for name in (*spec.exclude, *spec.no_deps)]
+
+
+class UvInstaller:
+    """uv from the ``uv`` Python package (or PATH)."""
+
+    name = "uv"
+
+    def __init__(self, exe: str, progress: Callable[[str], None] | None = None,
+                 on_install_start: Callable[[], None] | None = None) -> None:
+        self.exe = exe
+        self.progress = progress
+        self.on_install_start = on_install_start
+
+    def version(self) -> str:
+        out = subprocess.run([self.exe, "--version"], capture_output=True, text=True, check=False)
+        return out.stdout.strip() or "uv"
+
+    def create_venv(self, venv: Path, base_python: Path, plan: InstallPlan,
+                    log: Path) -> None:
+        # --seed puts pip in the env (users reinstall from constraints with it); it is
+        # fetched from the same sources as everything else.
+        sources = uv_source_args(plan.pip, plan.spec.extra_index_urls, plan.spec.find_links)
+        sources = [a for i, a in enumerate(sources)
+                   if a != "--constraint" and (i == 0 or sources[i - 1] != "--constraint")]
+        run_logged([self.exe, "venv", "--quiet", "--no-project", "--seed", *sources,
+                    "--python", str(base_python), str(venv)], log,
+                   env=_child_env(plan.pip), progress=self.progress)
+
+    def install(self, venv: Path, plan: InstallPlan, log: Path) -> None:
+        spec = plan.spec
+        base = [self.exe, "pip", "install", "--python", str(venv_python(venv))]
+        sources = uv_source_args(plan.pip, spec.extra_index_urls, spec.find_links)
+        torch_args, _ = torch_index_args(spec.torch_index, plan.torch_policy, plan.pip)
+        env = _child_env(plan.pip)
+        if plan.constraints_file is not None:
+            run_logged([*base, *sources, *torch_args, "--no-deps", "-r",
+                        str(plan.constraints_file)], log, env=env, progress=self.progress,
+                       on_start=self.on_install_start)
+            return
+        overrides = _overrides(spec)
+        extra: list[str] = []
+        if overrides:
+            override_file = venv.parent / "overrides.txt"
+            override_file.write_text("\n".join(overrides) + "\n", encoding="utf-8")
+            extra = ["--override", str(override_file)]
+        no_deps = {canonical_name(n) for n in spec.no_deps}
+        main = [p for p in spec.packages if canonical_name(p) not in no_deps]
+        run_logged([*base, *sources, *torch_args, *extra, *main], log, env=env,
+                   progress=self.progress, on_start=self.on_install_start)
+        if spec.no_deps:
+            run_logged([*base, *sources, *torch_args, "--no-deps", *spec.no_deps], log,
+                       env=env, progress=self.progress)
+
+
+class PipInstaller:
+    """``python -m venv`` + the env's own pip, which reads the user's pip config itself."""
+
+    name = "pip"
+
+    def __init__(self, progress: Callable[[str], None] | None = None,
+                 on_install_start: Callable[[], None] | None = None) -> None:
+        self.progress = progress
+        self.on_install_start = on_install_start
+
+    def version(self) -> str:
+        return "pip (venv)"
+
+    def create_venv(self, venv: Path, base_python: Path, plan: InstallPlan,
+                    log: Path) -> None:
+        run_logged([str(base_python), "-m", "venv", str(venv)], log, progress=self.progress)
+
+    def install(self, venv: Path, plan: InstallPlan, log: Path) -> None:
+        spec = plan.spec
+        if spec.exclude and plan.constraints_file is None:
+            raise EnvError(f"env {spec.key!r} leaves out dependencies "
+                           f"({', '.join(spec.exclude)}), which needs uv",
+                           hint="pip install uv (or unset OWLLM_INSTALLER=pip)")
+        base = [str(venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check"]
+        sources: list[str] = []
+        for url in spec.extra_index_urls:
+            sources += ["--extra-index-url", url]
+        for link in spec.find_links:
+            sources += ["--find-links", link]
+        torch_args, _ = torch_index_args(spec.torch_index, plan.torch_policy, plan.pip)
+        env = _child_env(PipSettings())
+        if plan.constraints_file is not None:
+            run_logged([*base, *sources, *torch_args, "--no-deps", "-r",
+                        str(plan.constraints_file)], log, env=env, progress=self.progress,
+                       on_start=self.on_install_start)
+            return
+        no_deps = {canonical_name(n) for n in spec.no_deps}
+        main = [p for p in spec.packages if canonical_name(p) not in no_deps]
+        run_logged([*base, *sources, *torch_args, *main], log, env=env, progress=self.progress,
+                   on_start=self.on_install_start)
+        if spec.no_deps:
+            run_logged([*base, *sources, *torch_args, "--no-deps", *spec.no_deps], log,
+                       env=env, progress=self.progress)
+
+
+def find_uv() -> str | None:
+    """uv's binary: the ``uv`` package's, else one on PATH."""
+    try:
+        from uv import find_uv_bin
+
+        return str(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+def choose_installer(progress: Callable[[str], None] | None = None,
+                     on_install_start: Callable[[], None] | None = None) -> Installer:
+    """uv when available (or forced with ``$OWLLM_INSTALLER``), else pip."""
+    forced = os.environ.get(ENV_INSTALLER, "").strip().lower()
+    uv = find_uv() if forced != "pip" else None
+    if forced == "uv" and uv is None:
+        raise EnvError(f"{ENV_INSTALLER}=uv but uv is not installed", hint="pip install uv")
+    if uv is not None:
+        return UvInstaller(uv, progress, on_install_start)
+    return PipInstaller(progress, on_install_start)

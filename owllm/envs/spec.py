@@ -1,0 +1,188 @@
+"""``envs.yaml``: what each env_key installs, and the frozen :class:`BuildSpec` of one key.
+
+Where the file is found (:func:`find_envs_config`): ``envs.yaml`` next to the model config,
+else the copy shipped in the wheel (``owllm/data/envs.yaml``), else the source checkout's
+``configs/envs.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import owllm
+from owllm.envs.yaml_lines import display, load_validated
+from owllm.errors import ConfigError
+
+ENVS_FILENAME = "envs.yaml"
+_HINT = "fix the file, or delete it to use OWLLM's default envs.yaml"
+
+
+@cache
+def envs_schema() -> dict[str, Any]:
+    text = resources.files("owllm.envs").joinpath("envs.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def canonical_name(requirement: str) -> str:
+    """The normalized distribution name of a requirement (``Foo_Bar[x]>=1`` → ``foo-bar``)."""
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    name = match.group(1) if match else requirement.strip()
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything that decides what an env contains; its fingerprint is a hash of this."""
+
+    key: str
+    packages: tuple[str, ...]
+    framework: str | None = None
+    backend: str | None = None
+    cuda: str = "cpu"
+    features: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    no_deps: tuple[str, ...] = ()
+    probe_imports: tuple[str, ...] = ()
+    key_packages: tuple[str, ...] = ()
+    extra_index_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()
+    torch_index: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BuildSpec:
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class EnvsConfig:
+    """A validated envs.yaml."""
+
+    path: Path
+    data: Mapping[str, Any]
+
+    @property
+    def cuda_tags(self) -> tuple[str, ...]:
+        return tuple(self.data.get("cuda_tags", ()))
+
+    @property
+    def backends(self) -> Mapping[str, Any]:
+        return dict(self.data.get("backends", {}))
+
+    @property
+    def features(self) -> Mapping[str, Any]:
+        return dict(self.data.get("features", {}))
+
+    @property
+    def keys(self) -> Mapping[str, Any]:
+        return dict(self.data.get("keys") or {})
+
+    @property
+    def torch_index(self) -> Mapping[str, Any]:
+        return dict(self.data.get("torch_index") or {})
+
+    def explicit_spec(self, key: str) -> BuildSpec | None:
+        """The spec of a key spelled out under ``keys:``, or None."""
+        entry = self.keys.get(key)
+        if entry is None:
+            return None
+        return BuildSpec(
+            key=key, packages=tuple(entry["packages"]),
+            exclude=tuple(entry.get("exclude", ())), no_deps=tuple(entry.get("no_deps", ())),
+            probe_imports=tuple(entry.get("probe_imports", ())),
+            key_packages=tuple(entry.get("key_packages", ())),
+            extra_index_urls=tuple(entry.get("extra_index_urls", ())),
+            find_links=tuple(entry.get("find_links", ())))
+
+    def build_spec(self, key: str, backend: str, cuda: str, features: tuple[str, ...],
+                   requirements: tuple[str, ...] = ()) -> BuildSpec:
+        """The spec of a generated key: backend set + cpu/cuda variant + features + extras."""
+        entry = self.backends[backend]
+        variant = entry.get("cpu" if cuda == "cpu" else "cuda") or {}
+
+        def merged(name: str) -> list[str]:
+            return [*entry.get(name, ()), *variant.get(name, ())]
+
+        packages = merged("packages")
+        probe = merged("probe_imports")
+        for feature in features:
+            spec = self.features.get(feature)
+            if spec is not None:
+                packages += spec.get("packages", [])
+                probe += spec.get("probe_imports", [])
+        packages += list(requirements)
+        torch_pin = (entry.get("torch") or {}).get(cuda)
+        if torch_pin:
+            packages = [torch_pin if canonical_name(p) == "torch" else p for p in packages]
+        urls = [u.format(cuda=cuda) for u in merged("extra_index_urls")]
+        torch_index = None
+        if entry["framework"] == "torch" or any(canonical_name(p) == "torch" for p in packages):
+            template = self.torch_index.get("url")
+            torch_index = template.format(cuda=cuda) if template else None
+        return BuildSpec(
+            key=key, packages=tuple(dict.fromkeys(packages)), framework=entry["framework"],
+            backend=backend, cuda=cuda, features=features,
+            exclude=tuple(merged("exclude")), no_deps=tuple(merged("no_deps")),
+            probe_imports=tuple(dict.fromkeys(probe)),
+            key_packages=tuple(entry.get("key_packages", ())),
+            extra_index_urls=tuple(urls),
+            find_links=tuple(u.format(cuda=cuda) for u in merged("find_links")),
+            torch_index=torch_index)
+
+
+def load_envs_config(path: str | Path) -> EnvsConfig:
+    """Read and validate an envs.yaml; raise ConfigError listing every problem."""
+    path = Path(path)
+    data = load_validated(path, envs_schema(), "envs.yaml with 'version' and 'backends'", _HINT)
+    shown = display(path)
+    problems = []
+    tags = set(data.get("cuda_tags", ()))
+    for name, entry in data.get("backends", {}).items():
+        for tag in (entry.get("torch") or {}):
+            if tag != "cpu" and tag not in tags:
+                problems.append(f"{shown}: backends.{name}.torch.{tag}: not 'cpu' and not one "
+                                f"of cuda_tags ({', '.join(sorted(tags))})")
+    for name, entry in data.get("features", {}).items():
+        for backend in entry.get("backends", ()):
+            if backend not in data.get("backends", {}):
+                problems.append(f"{shown}: features.{name}.backends: unknown backend "
+                                f"{backend!r}")
+    if problems:
+        raise ConfigError(shown, problems, hint=_HINT)
+    return EnvsConfig(path=path.resolve(), data=data)
+
+
+def default_envs_path() -> Path:
+    """The envs.yaml OWLLM ships: package data in a wheel, ``configs/`` in a checkout."""
+    try:
+        shipped = resources.files("owllm").joinpath("data", ENVS_FILENAME)
+        if shipped.is_file():
+            return Path(str(shipped))
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        pass
+    return Path(owllm.__file__).resolve().parents[1] / "configs" / ENVS_FILENAME
+
+
+def find_envs_config(config_path: str | Path | None = None) -> Path:
+    """``<config dir>/envs.yaml`` when present, else :func:`default_envs_path`."""
+    if config_path is not None:
+        beside = Path(config_path).resolve().parent / ENVS_FILENAME
+        if beside.is_file():
+            return beside
+    found = default_envs_path()
+    if not found.is_file():
+        raise ConfigError(str(found), [f"{found}: default envs.yaml not found"],
+                          hint="reinstall owllm, or put an envs.yaml next to llm_backends.yaml")
+    return found

@@ -1,0 +1,1 @@
+"""pytest plugin for OWLLM: every model in the YAML config becomes tests."""

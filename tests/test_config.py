@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from owllm.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> list[str]:
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value.problems
+
+
+def test_shipped_config_loads_into_frozen_dataclasses() -> None:
+    config = load_config(REPO / "configs" / "llm_backends.yaml")
+    demo = config.models["demo"]
+    assert demo.base_model == "demo://tiny-llama" and demo.is_demo
+    assert demo.model_type == "instruct" and demo.backend == "transformers"
+    with pytest.raises(AttributeError):
+        demo.port = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.models["other"] = demo  # type: ignore[index]
+
+
+def test_defaults_and_all_fields(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, """
+        models:
+          small:
+            base_model: org/model
+          full:
+            base_model: /models/x
+            adapter_dir: /adapters/y
+            model_type: base
+            port: 10501
+            use_4bit: true
+            system_prompt: be brief
+            backend: vllm
+            device: cuda
+            dtype: bfloat16
+            requirements: [einops]
+            max_model_len: 512
+            generation: {max_tokens: 8, temperature: 0.5, top_p: 0.9}
+        """))
+    small, full = config.models["small"], config.models["full"]
+    assert (small.model_type, small.backend, small.device, small.use_4bit) == (
+        "instruct", "transformers", "auto", False)
+    assert small.line == 2 and full.line == 4
+    assert full.requirements == ("einops",) and full.generation.top_p == 0.9
+    assert full.params()["use_4bit"] is True
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("""
+        models:
+          m:
+            base_model: x
+            use_4bit: "yes please"
+        """, ["cfg.yaml:4: models.m.use_4bit: 'yes please' is not of type 'boolean'"],
+        id="wrong-type"),
+    pytest.param("""
+        models:
+          my_model:
+            base_model: x
+            model_type: chat
+        """, ["cfg.yaml:4: models.my_model.model_type: 'chat' is not one of "
+              "['instruct', 'base']"], id="bad-enum"),
+    pytest.param("""
+        models:
+          m:
+            base_model: x
+            use4bit: true
+        """, ["cfg.yaml:4: models.m.use4bit: unknown key 'use4bit' (allowed: adapter_dir, "
+              "backend, base_model, device, dtype, env_key, generation, max_model_len, "
+              "model_type, port, quant, requirements, server_args, stall_timeout_s, "
+              "startup_timeout_s, system_prompt, use_4bit)"], id="unknown-key"),
+    pytest.param("""
+        models:
+          m:
+            model_type: base
+        """, ["cfg.yaml:2: models.m: missing required key 'base_model'"], id="missing-base"),
+    pytest.param("""
+        models:
+          m:
+            base_model: x
+          m:
+            base_model: y
+        """, ["cfg.yaml:4: models.m: duplicate model id 'm' (first defined at line 2)"],
+        id="duplicate-id"),
+    pytest.param("""
+        - base_model: x
+        """, ["cfg.yaml:1: <top level>: expected a mapping with a 'models' key, got list"],
+        id="not-a-mapping"),
+    pytest.param("", ["cfg.yaml:1: <top level>: file is empty; expected a mapping with a "
+                      "'models' key"], id="empty-file"),
+    pytest.param("# only a comment\n", ["cfg.yaml:1: <top level>: file is empty; expected a "
+                                        "mapping with a 'models' key"], id="only-comment"),
+    pytest.param("""
+        modles:
+          m: {base_model: x}
+        """, ["cfg.yaml:1: modles: unknown key 'modles' (allowed: models, tool_server, "
+              "tools, version)", "cfg.yaml: <top level>: missing required key 'models'"],
+        id="typo-top-level"),
+    pytest.param("""
+        models:
+          m:
+            base_model: x
+            port: 80
+        """, ["cfg.yaml:4: models.m.port: 80 is less than the minimum of 1024"], id="port"),
+    pytest.param("""
+        models:
+          m: [1, 2]
+        """, ["cfg.yaml:2: models.m: [1, 2] is not of type 'object'"], id="entry-not-map"),
+])
+def test_bad_yaml_exact_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str,
+                                 expected: list[str]) -> None:
+    assert sorted(problems(tmp_path, monkeypatch, text)) == sorted(expected)
+
+
+def test_several_errors_reported_at_once_in_line_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    found = problems(tmp_path, monkeypatch, """
+        models:
+          a:
+            base_model: x
+            model_type: chat
+          b:
+            base_model: 3
+          "bad id!":
+            base_model: z
+        """)
+    assert [p.split(":")[1] for p in found] == ["4", "6", "7"]
+    assert "models.b.base_model: 3 is not of type 'string'" in found[1]
+    assert "invalid model id 'bad id!'" in found[2]
+
+
+def test_syntax_error_names_the_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    found = problems(tmp_path, monkeypatch, "models:\n  m: {base_model: x\n  n: 2\n")
+    assert len(found) == 1 and found[0].startswith("cfg.yaml:3: invalid YAML")
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.yaml")
+    assert "file not found" in str(info.value) and info.value.exit_code == 2
+
+
+def test_unknown_model_lists_known_ids(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "models:\n  a: {base_model: x}\n  b: {base_model: y}\n"))
+    with pytest.raises(Exception) as info:
+        config.model("c")
+    assert "unknown model id 'c'" in str(info.value) and "known model ids: a, b" in str(info.value)
