@@ -10,8 +10,8 @@ from owllm.cli._common import Context, emit, info
 from owllm.envs import layout
 from owllm.envs.legacy import list_legacy, migrate
 from owllm.envs.registry import EnvRegistry
-from owllm.errors import EnvError
 from owllm.paths import resolve_config_path
+from owllm.smoke import env_test
 
 
 def _registry(args: argparse.Namespace) -> tuple[Context, EnvRegistry]:
@@ -27,19 +27,8 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_test(args: argparse.Namespace) -> int:
     ctx, registry = _registry(args)
-    spec = registry.spec(args.key)  # unknown key: UsageError (exit 2) listing known keys
-    try:
-        registry.ensure_env(args.key, spec=spec)
-    except EnvError as exc:
-        emit(ctx, {"env_key": args.key, "status": "FAIL", "python_path": None,
-                   "torch_version": None, "cuda_available": None,
-                   "errors": [{"module": "<build>", "error": exc.message}]})
-        return 1
-    result = registry.probe(args.key, spec)
-    if result["status"] != "PASS":
-        registry.mark_failed(args.key, "; ".join(f"{e['module']}: {e['error']}"
-                                                 for e in result["errors"]))
-    emit(ctx, _public(result))
+    result = env_test(registry, args.key)
+    emit(ctx, result)
     return 0 if result["status"] == "PASS" else 1
 
 

@@ -1,0 +1,67 @@
+"""``owllm server start|stop|restart|status|logs``: manage model servers by hand."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from owllm.cli._common import Context, emit
+from owllm.cli.model import manager_for
+
+COLUMNS = ["model_id", "status", "healthy", "pid", "port", "url", "env_key", "started_at"]
+
+
+def register(subparsers: Any, parents: argparse.ArgumentParser) -> None:
+    def leaf(name: str, handler: Any, help_text: str, optional_id: bool = False) -> Any:
+        parser = subparsers.add_parser(name, parents=[parents], help=help_text)
+        parser.add_argument("model_id", metavar="MODEL_ID", nargs="?" if optional_id else None)
+        parser.set_defaults(func=handler)
+        return parser
+
+    leaf("start", cmd_start, "start a model's server (returns once it is ready)")
+    leaf("stop", cmd_stop, "stop a model's server and its whole process tree")
+    leaf("restart", cmd_restart, "stop, then start a model's server")
+    leaf("status", cmd_status, "reconciled status of one server, or all (like `ollama ps`)",
+         optional_id=True)
+    logs = leaf("logs", cmd_logs, "the last lines of a model's server log")
+    logs.add_argument("-n", "--lines", type=int, default=50)
+
+
+def _public(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {k: v for k, v in row.items() if k not in ("pid_create_time", "kind")}
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    ctx = Context.from_args(args)
+    ctx.config.model(args.model_id)
+    emit(ctx, _public(manager_for(ctx).start_server(args.model_id)), COLUMNS)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    ctx = Context.from_args(args)
+    row = manager_for(ctx).stop_server(args.model_id)
+    emit(ctx, _public(row) or {"model_id": args.model_id, "status": "NOT_STARTED"}, COLUMNS)
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    ctx = Context.from_args(args)
+    ctx.config.model(args.model_id)
+    emit(ctx, _public(manager_for(ctx).restart_server(args.model_id)), COLUMNS)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    ctx = Context.from_args(args)
+    rows = [_public(r) for r in manager_for(ctx).status(args.model_id)]
+    emit(ctx, rows, COLUMNS)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    ctx = Context.from_args(args)
+    print(manager_for(ctx).logs(args.model_id, args.lines))
+    return 0

@@ -1,0 +1,236 @@
+"""The server manager: start, stop, restart and reconcile model servers.
+
+State lives in the StateStore, so any process (CLI, pytest workers, a restarted manager) sees
+the same servers.  A server is ours when its recorded pid is alive *and* has the recorded
+create time; a pid reused by another program reads as gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from filelock import FileLock
+
+from owllm.backends import LaunchSpec, get_backend
+from owllm.config import Config, ModelConfig, load_config
+from owllm.envs import EnvRegistry
+from owllm.errors import ServerError
+from owllm.paths import Home, resolve_home
+from owllm.servers.ports import LIVE_STATUSES, choose_port
+from owllm.servers.process import Identity, identity_of, kill_group, launch, tail, wait_ready
+from owllm.state_store import (
+    SERVER_CRASHED,
+    SERVER_FAILED,
+    SERVER_RUNNING,
+    SERVER_STARTING,
+    SERVER_STOPPED,
+    StateStore,
+    now_iso,
+)
+
+HOST = "127.0.0.1"
+
+
+def _identity(row: dict[str, Any]) -> Identity | None:
+    if not row.get("pid") or row.get("pid_create_time") is None:
+        return None
+    return Identity(pid=row["pid"], pgid=row.get("pgid") or row["pid"],
+                    create_time=row["pid_create_time"])
+
+
+def probe_health(url: str, path: str = "/health", timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(url + path, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def probe_completion(url: str, model_id: str, timeout: float = 30.0) -> bool:
+    """A real one-token generation: the readiness rule for servers whose /health can lie."""
+    try:
+        response = httpx.post(url + "/v1/completions", timeout=timeout, json={
+            "model": model_id, "prompt": "Hello", "max_tokens": 1, "temperature": 0})
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and bool(response.json().get("choices"))
+
+
+class LLMServerManager:
+    """Starts each configured model's server on a dynamically allocated loopback port."""
+
+    def __init__(self, config: Config | str | os.PathLike[str], home: Home | str | None = None,
+                 registry: EnvRegistry | None = None) -> None:
+        self.config = config if isinstance(config, Config) else load_config(config)
+        self.home = (home if isinstance(home, Home)
+                     else resolve_home(home, self.config.path)).ensure()
+        self.store = StateStore(self.home.state_db)
+        self.registry = registry or EnvRegistry(self.home, config_path=self.config.path)
+        self._children: dict[str, Any] = {}  # Popen objects we can reap
+
+    # -- start ----------------------------------------------------------------------------
+
+    def start_server(self, model_id: str) -> dict[str, Any]:
+        """Start (or return the running) server of ``model_id``; returns its StateStore row."""
+        model = self.config.model(model_id)
+        with FileLock(str(self.home.locks_dir / f"server-{model_id}.lock")):
+            current = self.reconcile(model_id)
+            if current and current["status"] == SERVER_RUNNING and current.get("healthy"):
+                return current
+            if current and current["status"] in LIVE_STATUSES:
+                self._stop(current)  # alive but not serving: replace it
+            return self._start(model)
+
+    def _start(self, model: ModelConfig) -> dict[str, Any]:
+        backend = get_backend(model.backend)
+        env = self.registry.get_env_for_model(model)
+        base_dir = self.config.home_relative_base
+        if model.adapter_dir and not Path(model.adapter_dir).is_absolute():
+            model = dataclasses.replace(model, adapter_dir=str(base_dir / model.adapter_dir))
+        self.store.upsert_model(model.model_id, model.backend, model.base_model, env.key,
+                                model.params())
+        model_path = backend.model_path(model, self.home, env, base_dir)
+        log_path = self.home.logs_dir / f"{model.model_id}.log"
+        last_error: ServerError | None = None
+        for _attempt in range(2):  # a port lost to another program between check and bind
+            port = self._claim_port(model, env.key, log_path)
+            spec = backend.launch(model, model_path, env, self.home, HOST, port)
+            try:
+                return self._run(model, spec, port, log_path)
+            except ServerError as exc:
+                last_error = exc
+                if "address already in use" not in tail(log_path).lower():
+                    break
+        assert last_error is not None
+        raise last_error
+
+    def _claim_port(self, model: ModelConfig, env_key: str, log_path: Path) -> int:
+        with FileLock(str(self.home.locks_dir / "ports.lock")):
+            taken = [row["port"] for status in LIVE_STATUSES
+                     for row in self.store.list_servers(status=status)
+                     if row["port"] and row["model_id"] != model.model_id]
+            port = choose_port(model.port, taken, HOST)
+            self.store.upsert_server(
+                model.model_id, status=SERVER_STARTING, kind="model", port=port, host=HOST,
+                url=f"http://{HOST}:{port}", env_key=env_key, log_path=str(log_path),
+                pid=None, pgid=None, pid_create_time=None, started_at=now_iso(),
+                stopped_at=None, last_error=None)
+        return port
+
+    def _run(self, model: ModelConfig, spec: LaunchSpec, port: int,
+             log_path: Path) -> dict[str, Any]:
+        url = f"http://{HOST}:{port}"
+        proc = launch(spec.argv, log_path, env={**os.environ, **spec.env})
+        self._children[model.model_id] = proc
+        ident = identity_of(proc.pid)
+        self.store.upsert_server(model.model_id, pid=ident.pid, pgid=ident.pgid,
+                                 pid_create_time=ident.create_time)
+
+        def ready() -> bool:
+            if not probe_health(url, spec.health_path):
+                return False
+            return not spec.ready_needs_completion or probe_completion(url, model.model_id)
+
+        try:
+            seconds = wait_ready(proc, ready, log_path, deadline_s=model.startup_timeout_s,
+                                 stall_timeout_s=model.stall_timeout_s,
+                                 what=f"server of model {model.model_id!r}")
+        except ServerError as exc:
+            kill_group(ident.pgid, ident.pid)
+            proc.wait()
+            self.store.upsert_server(model.model_id, status=SERVER_FAILED,
+                                     last_error=exc.message[:4000], stopped_at=now_iso())
+            raise
+        return self.store.upsert_server(model.model_id, status=SERVER_RUNNING,
+                                        extra={"startup_s": round(seconds, 3)}) | {
+            "healthy": True}
+
+    # -- stop / restart -------------------------------------------------------------------
+
+    def stop_server(self, model_id: str) -> dict[str, Any] | None:
+        """Stop the whole process tree of a model's server; returns the final row."""
+        with FileLock(str(self.home.locks_dir / f"server-{model_id}.lock")):
+            row = self.store.get_server(model_id)
+            if row is None:
+                return None
+            return self._stop(row)
+
+    def _stop(self, row: dict[str, Any]) -> dict[str, Any]:
+        ident = _identity(row)
+        if ident is not None and ident.alive():
+            kill_group(ident.pgid, ident.pid)
+        child = self._children.pop(row["model_id"], None)
+        if child is not None:
+            child.wait()
+        return self.store.upsert_server(row["model_id"], status=SERVER_STOPPED,
+                                        stopped_at=now_iso())
+
+    def restart_server(self, model_id: str) -> dict[str, Any]:
+        self.stop_server(model_id)
+        return self.start_server(model_id)
+
+    def stop_all(self) -> list[dict[str, Any]]:
+        return [row for row in (self.stop_server(r["model_id"])
+                                for r in self.store.list_servers(kind="model")
+                                if r["status"] in LIVE_STATUSES) if row]
+
+    # -- status ---------------------------------------------------------------------------
+
+    def reconcile(self, model_id: str) -> dict[str, Any] | None:
+        """Bring one server's row in line with reality and return it with ``healthy``."""
+        row = self.store.get_server(model_id)
+        if row is None:
+            return None
+        url = row.get("url") or (f"http://{row['host']}:{row['port']}" if row.get("port") else "")
+        ident = _identity(row)
+        alive = ident is not None and ident.alive()
+        status = row["status"]
+        healthy = bool(url) and alive and probe_health(url)
+        if status in LIVE_STATUSES and not alive:
+            if status == SERVER_RUNNING or row.get("pid"):
+                new, why = SERVER_CRASHED, "server process is gone (or its pid was reused)"
+            else:
+                new, why = SERVER_STOPPED, "start was interrupted before the server launched"
+            row = self.store.upsert_server(model_id, status=new, last_error=why,
+                                           stopped_at=now_iso())
+            if url and probe_health(url):
+                row["port_conflict"] = f"{url} answers but not from our process"
+        elif status == SERVER_STARTING and healthy:
+            # Its starter died (or is about to record this itself): it serves, so it runs.
+            row = self.store.upsert_server(model_id, status=SERVER_RUNNING)
+        row["healthy"] = healthy
+        return row
+
+    def status(self, model_id: str | None = None) -> list[dict[str, Any]]:
+        """Reconciled rows of one model or of all model servers (like ``ollama ps``)."""
+        ids = [model_id] if model_id else [r["model_id"] for r in
+                                            self.store.list_servers(kind="model")]
+        return [row for row in map(self.reconcile, ids) if row is not None]
+
+    def logs(self, model_id: str, lines: int = 50) -> str:
+        return tail(self.home.logs_dir / f"{model_id}.log", lines)
+
+    def wait_gone(self, model_id: str, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = self.reconcile(model_id)
+            if row is None or row["status"] not in LIVE_STATUSES:
+                return True
+            time.sleep(0.1)
+        return False
+
+
+def get_llm_server_manager(config_path: str | os.PathLike[str] | None = None,
+                           home: str | os.PathLike[str] | Home | None = None) -> LLMServerManager:
+    """The guide's entry point: a manager for the models of one config file."""
+    from owllm.paths import resolve_config_path
+
+    path = resolve_config_path(config_path)
+    if path is None:
+        raise ServerError("no configs/llm_backends.yaml found", hint="pass config_path")
+    return LLMServerManager(path, home=home if isinstance(home, Home) else
+                            (resolve_home(home, path) if home else None))

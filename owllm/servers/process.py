@@ -1,0 +1,181 @@
+"""Start a server in its own process group, wait until it is ready, stop the whole tree.
+
+Readiness is a template (mirakuru's shape): start → poll ``check`` → if the process exits
+first, raise at once with its exit code and the last log lines → if the log stops growing for
+``stall_timeout`` seconds, or ``deadline`` passes, kill the group and raise a typed timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from owllm.errors import ServerError, ServerStartTimeout
+
+LOG_TAIL_LINES = 30
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What identifies one process over time: pid reuse changes the create time."""
+
+    pid: int
+    pgid: int
+    create_time: float
+
+    def alive(self) -> bool:
+        """True while this very process (not a pid reused by another program) runs."""
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.create_time) > 0.01:
+                return False
+            return proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+
+def identity_of(pid: int) -> Identity:
+    proc = psutil.Process(pid)
+    return Identity(pid=pid, pgid=os.getpgid(pid), create_time=proc.create_time())
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file ('' when it does not exist)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            data = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def launch(argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
+           cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a new session (its own process group), output appended to the log."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: "
+                  f"{' '.join(argv)}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=cwd, env=dict(env) if env is not None else None, start_new_session=True,
+        )
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes] | Identity,
+    check: Callable[[], bool],
+    log_path: Path,
+    *,
+    deadline_s: float,
+    stall_timeout_s: float,
+    what: str,
+    interval_s: float = 0.25,
+) -> float:
+    """Poll ``check`` until True; return the seconds it took.  See the module docstring."""
+    start = time.monotonic()
+    last_size, last_progress = -1, start
+    while True:
+        exit_code = _exit_code(proc)
+        if exit_code is not None:
+            raise ServerError(
+                f"{what} exited with code {exit_code} before it was ready; "
+                f"last log lines ({log_path}):\n{tail(log_path)}",
+                hint=f"read the whole log: {log_path}",
+            )
+        if check():
+            return time.monotonic() - start
+        now = time.monotonic()
+        try:
+            size = log_path.stat().st_size
+        except OSError:
+            size = 0
+        if size != last_size:  # output is progress: the stall timer starts over
+            last_size, last_progress = size, now
+        stalled = now - last_progress > stall_timeout_s
+        if stalled or now - start > deadline_s:
+            pid = proc.pid
+            kill_group(_pgid(proc), pid)
+            reason = (f"made no progress for {stall_timeout_s:.0f}s" if stalled
+                      else f"was not ready after {deadline_s:.0f}s")
+            raise ServerStartTimeout(
+                f"{what} {reason}; its process group was killed. Last log lines "
+                f"({log_path}):\n{tail(log_path)}",
+                hint="raise startup_timeout_s / stall_timeout_s in the model's config if the "
+                     "model is just slow to load",
+            )
+        time.sleep(interval_s)
+
+
+def _exit_code(proc: subprocess.Popen[bytes] | Identity) -> int | None:
+    if isinstance(proc, subprocess.Popen):
+        return proc.poll()
+    return None if proc.alive() else -1
+
+
+def _pgid(proc: subprocess.Popen[bytes] | Identity) -> int:
+    if isinstance(proc, Identity):
+        return proc.pgid
+    try:
+        return os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return proc.pid  # started with start_new_session: the group id is the pid
+
+
+def kill_group(pgid: int, pid: int | None = None, grace_s: float = 5.0) -> None:
+    """SIGTERM the group (and descendants that left it), then SIGKILL what is left.
+
+    Only our own processes are touched: the group we created, and the descendants of the
+    pid we started (vLLM's engine processes may start their own groups).
+    """
+    members: list[psutil.Process] = []
+    if pid is not None:
+        try:
+            root = psutil.Process(pid)
+            members = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            members = []
+    _signal_group(pgid, signal.SIGTERM)
+    for member in members:
+        _signal(member, signal.SIGTERM)
+    _gone, alive = psutil.wait_procs(members, timeout=grace_s)
+    if _group_alive(pgid) or alive:
+        _signal_group(pgid, signal.SIGKILL)
+        for member in alive:
+            _signal(member, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=grace_s)
+    deadline = time.monotonic() + grace_s
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _signal(proc: psutil.Process, sig: signal.Signals) -> None:
+    with contextlib.suppress(psutil.Error):
+        proc.send_signal(sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error, PermissionError):
+            continue
+    return False

@@ -1,0 +1,70 @@
+"""A small real HTTP server standing in for a model server in supervision tests.
+
+Modes: ok (healthy at once), slow (healthy after --delay s, logging meanwhile), exit (exits 3
+before serving), stall (never healthy, never logs), lying (/health 200 but completions 500).
+``--children`` spawns a grandchild in the group and one in its own session (vLLM-like).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--host", default="127.0.0.1")
+parser.add_argument("--port", type=int, required=True)
+parser.add_argument("--mode", default="ok")
+parser.add_argument("--delay", type=float, default=0.0)
+parser.add_argument("--children", action="store_true")
+args = parser.parse_args()
+
+if args.mode == "exit":
+    print("stub: failing on purpose: missing weights", flush=True)
+    sys.exit(3)
+if args.children:
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    subprocess.Popen(sleeper)
+    subprocess.Popen(sleeper, start_new_session=True)
+if args.mode == "stall":
+    time.sleep(600)
+ready_at = time.monotonic() + args.delay
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *a: object) -> None:
+        pass
+
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            ok = time.monotonic() >= ready_at
+            self._send(200 if ok else 503, {"status": "ok" if ok else "loading"})
+        else:
+            self._send(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        self.rfile.read(length)
+        if args.mode == "lying":
+            self._send(500, {"error": {"message": "engine dead"}})
+        else:
+            self._send(200, {"choices": [{"text": "hi", "index": 0}]})
+
+
+server = ThreadingHTTPServer((args.host, args.port), Handler)
+print(f"stub: listening on {args.port}", flush=True)
+while time.monotonic() < ready_at:
+    print("stub: loading...", flush=True)
+    time.sleep(0.2)
+server.serve_forever()
