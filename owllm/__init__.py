@@ -14,13 +14,18 @@ from owllm.errors import (
     StateStoreError,
     UsageError,
 )
+from owllm.envs import EnvRegistry, EnvSpec
 from owllm.paths import Home, resolve_home
+from owllm.servers import LLMServerManager, get_llm_server_manager
 from owllm.state_store import StateStore, get_state_store
 
 __all__ = [
     "Config",
     "ConfigError",
     "EnvError",
+    "EnvRegistry",
+    "EnvSpec",
+    "LLMServerManager",
     "Home",
     "ModelConfig",
     "OwllmError",
@@ -30,6 +35,7 @@ __all__ = [
     "StateStoreError",
     "UsageError",
     "__version__",
+    "get_llm_server_manager",
     "get_state_store",
     "load_config",
     "resolve_home",

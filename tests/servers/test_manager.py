@@ -106,7 +106,7 @@ def test_stall_timer_kills_the_group(manager: LLMServerManager) -> None:
     with pytest.raises(ServerStartTimeout, match="made no progress for 2s"):
         manager.start_server("stalls")
     row = manager.store.get_server("stalls")
-    assert row["status"] == "FAILED" and not psutil.pid_exists(row["pid"]) or \
+    assert (row["status"] == "FAILED" and not psutil.pid_exists(row["pid"])) or \
         psutil.Process(row["pid"]).status() == psutil.STATUS_ZOMBIE
 
 

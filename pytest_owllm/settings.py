@@ -1,0 +1,63 @@
+"""Plugin settings: each is a command-line option and an ini key with one help string,
+resolved once into a frozen dataclass (the pytest-postgresql pattern)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# (option name, ini name, kind, help)
+OPTIONS: tuple[tuple[str, str, str, str], ...] = (
+    ("--owllm-config", "owllm_config", "string",
+     "OWLLM model config (default: configs/llm_backends.yaml under the rootdir)"),
+    ("--owllm-model", "owllm_models", "linelist",
+     "only these model ids (repeatable; default: every model in the config)"),
+    ("--owllm-home", "owllm_home", "string",
+     "OWLLM home for envs, state and logs (default: $OWLLM_HOME, else the config's folder)"),
+    ("--owllm-keep-servers", "owllm_keep_servers", "bool",
+     "leave the model servers started by this run running afterwards"),
+)
+
+
+@dataclass(frozen=True)
+class OwllmSettings:
+    config_path: Path
+    models: tuple[str, ...]
+    home: Path | None
+    keep_servers: bool
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("owllm", "OWLLM model checks")
+    for option, ini, kind, help_text in OPTIONS:
+        if kind == "bool":
+            group.addoption(option, action="store_true", default=None, dest=ini, help=help_text)
+        elif kind == "linelist":
+            group.addoption(option, action="append", default=None, dest=ini, metavar="ID",
+                            help=help_text)
+        else:
+            group.addoption(option, default=None, dest=ini, metavar="PATH", help=help_text)
+        parser.addini(ini, help=help_text, type=kind, default=None)
+
+
+def _get(config: pytest.Config, name: str) -> object:
+    value = config.getoption(name)
+    return value if value is not None else config.getini(name)
+
+
+def resolve(config: pytest.Config) -> OwllmSettings:
+    raw_config = _get(config, "owllm_config")
+    config_path = Path(str(raw_config)) if raw_config else (
+        config.rootpath / "configs" / "llm_backends.yaml")
+    if not config_path.is_absolute():
+        config_path = (config.invocation_params.dir / config_path).resolve()
+    home = _get(config, "owllm_home")
+    models = tuple(_get(config, "owllm_models") or ())  # type: ignore[arg-type]
+    return OwllmSettings(
+        config_path=config_path,
+        models=models,
+        home=Path(str(home)).resolve() if home else None,
+        keep_servers=bool(_get(config, "owllm_keep_servers")),
+    )

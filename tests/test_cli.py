@@ -1,0 +1,72 @@
+"""The CLI frame: global options, JSON on stdout, exit codes, errors naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def owllm(*args: str, cwd: Path | None = None, env_home: Path | None = None
+          ) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = dict(os.environ)
+    if env_home is not None:
+        env["OWLLM_HOME"] = str(env_home)
+    return subprocess.run([sys.executable, "-m", "owllm", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=120)
+
+
+def test_models_lists_the_config(tmp_home: Path) -> None:
+    result = owllm("--config", str(REPO / "configs" / "llm_backends.yaml"), "models")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["model_id"] for r in rows] == ["demo"]
+    assert rows[0]["configured"] is True and rows[0]["registered"] is False
+
+
+def test_state_shows_the_store_of_the_home(tmp_home: Path) -> None:
+    from owllm.state_store import get_state_store
+
+    get_state_store().upsert_model("m", "transformers", "/m", "k", {})
+    result = owllm("state", "--json", "--config", str(REPO / "configs" / "llm_backends.yaml"))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["home"] == str(tmp_home) and data["schema_version"] >= 2
+    assert [m["model_id"] for m in data["models"]] == ["m"]
+    assert data["events"][0]["status"] == "REGISTERED"
+
+
+def test_bad_config_is_exit_2_with_the_line(tmp_path: Path, tmp_home: Path) -> None:
+    bad = tmp_path / "configs" / "llm_backends.yaml"
+    bad.parent.mkdir()
+    bad.write_text("models:\n  m:\n    base_model: x\n    model_type: chat\n")
+    result = owllm("models", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "configs/llm_backends.yaml:4: models.m.model_type: 'chat' is not one of" \
+        in result.stderr
+    assert json.loads(result.stdout)["error"]["type"] == "ConfigError"
+
+
+def test_unknown_model_is_exit_2_listing_known_ids(tmp_home: Path) -> None:
+    result = owllm("model", "smoke", "nope", "--config",
+                   str(REPO / "configs" / "llm_backends.yaml"))
+    assert result.returncode == 2
+    assert "unknown model id 'nope'" in result.stderr and "known model ids: demo" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["frobnicate"], ["env"], ["server", "start"]])
+def test_usage_errors_exit_2(args: list[str], tmp_home: Path) -> None:
+    result = owllm(*args)
+    assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def test_no_config_found_is_a_usage_error(tmp_path: Path, tmp_home: Path) -> None:
+    result = owllm("models", cwd=tmp_path)
+    assert result.returncode == 2 and "pass --config PATH" in result.stderr
