@@ -1,0 +1,58 @@
+"""Wall time of the model suites for three tiny models, serial (-n 0) against -n 2, with the
+number of server starts each run made (from the StateStore's events).
+
+Run: python bench/suite.py   (builds the env and the demo model once, in a temp home)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from owllm.state_store import StateStore
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = "models:\n" + "".join(
+    f"  tiny_{n}:\n    base_model: demo://tiny-llama\n    device: cpu\n"
+    f"    generation: {{max_tokens: 8}}\n" for n in ("a", "b", "c"))
+
+
+def starts(home: Path) -> int:
+    store = StateStore(home / ".owllm" / "state.db")
+    return sum(e["status"] == "STARTING" for e in store.list_events(kind="server", limit=10_000))
+
+
+def run(project: Path, home: Path, workers: int) -> tuple[float, int, int]:
+    before = starts(home)
+    env = {**os.environ, "OWLLM_HOME": str(home)}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-n", str(workers), "-m", "not gpu", "model_suites"],
+                          cwd=project, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    return wall, starts(home) - before, proc.returncode
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        project, home = Path(tmp) / "project", Path(tmp) / "home"
+        (project / "configs").mkdir(parents=True)
+        (project / "configs" / "llm_backends.yaml").write_text(CONFIG)
+        shutil.copytree(REPO / "model_suites", project / "model_suites")
+        home.mkdir()
+        warm = run(project, home, 0)  # builds the env and the demo model once
+        print(f"warm-up (env + demo model build): {warm[0]:.1f}s, exit {warm[2]}")
+        serial = run(project, home, 0)
+        parallel = run(project, home, 2)
+        print(f"-n 0: {serial[0]:6.1f}s  server starts {serial[1]}  exit {serial[2]}")
+        print(f"-n 2: {parallel[0]:6.1f}s  server starts {parallel[1]}  exit {parallel[2]}")
+        print(f"ratio -n 2 / -n 0 wall time: {parallel[0] / serial[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
