@@ -122,3 +122,125 @@ def model_smoke(manager: LLMServerManager, model_id: str, keep: bool = False) ->
     else:
         result["status"] = PASS
     return result
+
+
+# -- tools smoke --------------------------------------------------------------------------
+
+SMOKE_TOOL = "calculator"
+SMOKE_TOOL_PROMPT = "What is 42 * 17? Use the calculator tool."
+# For the smoke, the calculator's argument is narrowed to expressions that always evaluate
+# (no parentheses, no division), so a constrained random-weight model yields a call that the
+# tool executes: the smoke checks the plumbing, not the model's arithmetic.
+SMOKE_EXPRESSION = {"type": "string", "pattern": "^[1-9][0-9]{0,3}( [-+*] [1-9][0-9]{0,3}){1,2}$"}
+
+
+def _smoke_tool_specs(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    chosen = [s for s in specs if (s.get("function") or s).get("name") == SMOKE_TOOL]
+    return chosen or specs
+
+
+def _narrowed(spec: dict[str, Any]) -> dict[str, Any]:
+    function = dict(spec.get("function") or spec)
+    params = json.loads(json.dumps(function.get("parameters") or {}))
+    if function.get("name") == SMOKE_TOOL and "expression" in params.get("properties", {}):
+        params["properties"]["expression"] = SMOKE_EXPRESSION
+    function["parameters"] = params
+    return {"type": "function", "function": function}
+
+
+def _call_from_message(message: dict[str, Any]) -> str:
+    """The model's output as envelope text: OpenAI ``tool_calls`` are mapped back to it."""
+    calls = message.get("tool_calls") or []
+    if calls:
+        envelopes = [{"tool": c["function"]["name"],
+                      "args": json.loads(c["function"].get("arguments") or "{}"),
+                      "id": c.get("id") or "call_0"} for c in calls]
+        return json.dumps(envelopes[0] if len(envelopes) == 1 else envelopes)
+    return str(message.get("content") or "")
+
+
+def tools_smoke(manager: LLMServerManager, model_id: str, keep: bool = False,
+                tool_server_url: str | None = None) -> dict[str, Any]:
+    """The whole tool round trip: prompt → the model emits a call → strict validation →
+    execution on the tool server → the result back as a tool message → a final answer."""
+    from owllm.tools import ToolCallError, parse_tool_call
+    from owllm.tools.client import ToolServerClient
+    from owllm.tools.manage import start_tool_server, stop_tool_server
+    from owllm.tools.prompts import render_tools, template_for, tool_call_response_schema
+
+    model = manager.config.model(model_id)
+    capabilities = get_backend(model.backend).capabilities
+    result: dict[str, Any] = {
+        "model_id": model_id, "status": FAIL, "server_started": False,
+        "tool_server_ok": False, "tool_call_detected": False, "tool_executed": False,
+        "final_answer_ok": False, "errors": [], "call": None, "result": None,
+        "constrained": capabilities.structured_output, "capabilities": capabilities.to_dict(),
+    }
+    before = manager.reconcile(model_id)
+    was_running = bool(before and before["status"] in LIVE_STATUSES and before.get("healthy"))
+    started_tool_server = False
+    try:
+        try:
+            row = manager.start_server(model_id)
+            result["server_started"] = True
+        except OwllmError as exc:
+            result["errors"].append(_error("start", exc))
+            return result
+        if tool_server_url is None:
+            tool_row = start_tool_server(manager.home, config=manager.config, port=0)
+            started_tool_server = not tool_row.get("reused", False)
+            tool_server_url = tool_row["url"]
+        client = ToolServerClient(tool_server_url)
+        result["tool_server_ok"] = bool(client.health())
+        specs = _smoke_tool_specs(client.list_tools())
+        narrowed = [_narrowed(s) for s in specs]
+        prompt = template_for(model.backend).format(tools=render_tools(specs),
+                                                     prompt=SMOKE_TOOL_PROMPT)
+        messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
+        body: dict[str, Any] = {"model": model_id, "messages": messages, "max_tokens": 96,
+                                "temperature": 0}
+        if capabilities.structured_output:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "tool_call", "schema": tool_call_response_schema(narrowed),
+                "strict": True}}
+        response = httpx.post(row["url"] + "/v1/chat/completions", json=body, timeout=300)
+        response.raise_for_status()
+        message = response.json()["choices"][0]["message"]
+        text = _call_from_message(message)
+        result["model_output"] = text[:1000]
+        try:
+            call = parse_tool_call(text, tools=specs)
+        except ToolCallError as exc:
+            result["errors"].append({"stage": "parse", "type": exc.code, "path": exc.path,
+                                     "message": str(exc)})
+            return result
+        first = call[0] if isinstance(call, list) else call
+        result["tool_call_detected"] = True
+        result["call"] = {"tool": first.tool, "args": first.args, "id": first.id}
+        executed = client.call(result["call"])
+        result["result"] = executed.get("result")
+        result["tool_executed"] = "result" in executed
+        messages += [
+            {"role": "assistant", "content": None, "tool_calls": [{
+                "id": first.id, "type": "function",
+                "function": {"name": first.tool, "arguments": json.dumps(first.args)}}]},
+            {"role": "tool", "tool_call_id": first.id, "content": json.dumps(executed)},
+        ]
+        final = httpx.post(row["url"] + "/v1/chat/completions", timeout=300, json={
+            "model": model_id, "messages": messages, "max_tokens": 16, "temperature": 0})
+        final.raise_for_status()
+        answer = final.json()["choices"][0]["message"]
+        result["final_answer"] = (answer.get("content") or "")[:200]
+        result["final_answer_ok"] = True
+    except (OwllmError, httpx.HTTPError, ValueError, KeyError) as exc:
+        result["errors"].append(_error("round_trip", exc))
+    finally:
+        if started_tool_server and not keep:
+            stop_tool_server(manager.home)
+        if not keep and not was_running:
+            manager.stop_server(model_id)
+    ok = all(result[k] for k in ("server_started", "tool_server_ok", "tool_call_detected",
+                                 "tool_executed", "final_answer_ok"))
+    if ok and not result["errors"]:
+        result["status"] = PASS
+    return result

@@ -1,0 +1,488 @@
+"""OWLLM's OpenAI-compatible server for transformers models.
+
+Standalone script, run with the model env's python (torch, transformers, fastapi, uvicorn,
+llguidance; peft / bitsandbytes when the model needs them); it never imports ``owllm``::
+
+    python transformers_server.py --config-json FILE --host 127.0.0.1 --port N
+
+FILE: {"model_id", "model_path", "model_type": "instruct"|"base", "system_prompt",
+"adapter_dir", "use_4bit", "device", "dtype", "generation": {"max_tokens", "temperature",
+"top_p"}, "max_model_len"}.
+
+* ``GET /health`` is 503 until the model is loaded *and* one forward pass has run, then 200.
+* ``POST /v1/chat/completions`` and ``/v1/completions``: sampling (temperature 0 = greedy,
+  top_p, seed), stop strings, ``stream`` (SSE), ``tools`` (a call in the output comes back as
+  ``message.tool_calls``), ``response_format`` json_object / json_schema enforced by
+  llguidance (non-flexible whitespace, so a random model cannot wander in blanks).
+* The ``model`` field must name the configured model id; an omitted one means that model.
+* Generation runs one request at a time (a lock): a small CPU/GPU server gains nothing from
+  interleaving, and it keeps the KV cache and the constraint matcher per request simple.
+* Errors are OpenAI-style ``{"error": {...}}`` bodies; no request takes the server down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+# This file sits next to owllm/backends/transformers.py, which would shadow the real
+# `transformers` package: drop the script's own folder from the import path.
+_HERE = __import__("os").path.dirname(__file__) or "."
+sys.path[:] = [p for p in sys.path if p not in ("", _HERE)]
+
+print("owllm-server: importing torch and transformers", flush=True)
+import torch  # noqa: E402
+import uvicorn  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+
+MAX_STOP = 4
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = (
+            status, message, param, code, kind)
+
+
+def error_body(message: str, kind: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+# -- request models ---------------------------------------------------------------------------
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+
+class CompletionRequest(Sampling):
+    prompt: str
+
+
+# -- the engine -------------------------------------------------------------------------------
+
+@dataclass
+class Engine:
+    config: dict[str, Any]
+    model: Any = None
+    tokenizer: Any = None
+    ll_tokenizer: Any = None
+    device: str = "cpu"
+    ready: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def max_len(self) -> int:
+        configured = self.config.get("max_model_len")
+        native = getattr(self.model.config, "max_position_embeddings", 2048)
+        return int(min(configured, native) if configured else native)
+
+    def load(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        cfg = self.config
+        device = cfg.get("device") or "auto"
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" \
+            else device
+        dtype_name = cfg.get("dtype") or "auto"
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                 "float16": torch.float16}.get(dtype_name)
+        if dtype is None:
+            dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        print(f"owllm-server: loading {cfg['model_path']} on {self.device} ({dtype})",
+              flush=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg["model_path"])
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if cfg.get("use_4bit"):
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+            kwargs["device_map"] = self.device
+        model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], **kwargs)
+        if not cfg.get("use_4bit"):
+            model = model.to(self.device)
+        if cfg.get("adapter_dir"):
+            from peft import PeftModel
+
+            print(f"owllm-server: loading LoRA adapter {cfg['adapter_dir']}", flush=True)
+            model = PeftModel.from_pretrained(model, cfg["adapter_dir"])
+        self.model = model.eval()
+        print("owllm-server: warm-up forward pass and generation", flush=True)
+        # Run the real generation path once (KV cache, sampling, the constraint library's
+        # import) so that the first request is as fast as the next ones.
+        ids = self.tokenizer("Hello").input_ids
+        for _ in self.generate(ids, 2, 0.0, 1.0, 0, [], None):
+            pass
+        self.ready = True
+        print("owllm-server: ready", flush=True)
+
+    # -- prompts ---------------------------------------------------------------------------
+
+    def chat_prompt(self, request: ChatRequest) -> str:
+        messages = [m.model_dump(exclude_none=True) for m in request.messages]
+        for m in messages:
+            if isinstance(m.get("content"), list):  # OpenAI content parts: keep the text
+                m["content"] = "".join(p.get("text", "") for p in m["content"])
+        if request.tools:
+            described = json.dumps([t.get("function", t) for t in request.tools])
+            messages.insert(0, {"role": "system", "content":
+                                "You can call these tools. To call one, answer with only a "
+                                'JSON object {"tool": name, "args": {...}, "id": "call_1"}.\n'
+                                f"Tools: {described}"})
+        system = self.config.get("system_prompt") or ""
+        if system and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": system})
+        if self.config.get("model_type", "instruct") == "base" or \
+                not getattr(self.tokenizer, "chat_template", None):
+            return "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in messages) + \
+                "\nassistant:"
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=True))
+
+    def encode(self, prompt: str, chat: bool) -> list[int]:
+        # A chat template already holds the bos token; a plain prompt gets the tokenizer's.
+        ids: list[int] = self.tokenizer(prompt, add_special_tokens=not chat).input_ids
+        return ids
+
+    # -- constrained decoding ----------------------------------------------------------------
+
+    def matcher(self, response_format: dict[str, Any] | None) -> Any:
+        if not response_format or response_format.get("type") == "text":
+            return None
+        import llguidance
+        import llguidance.hf
+
+        kind = response_format.get("type")
+        if kind == "json_object":
+            schema: dict[str, Any] = {"type": "object"}
+        elif kind == "json_schema":
+            spec = response_format.get("json_schema") or {}
+            schema = spec.get("schema") if isinstance(spec, dict) else None  # type: ignore[assignment]
+            if not isinstance(schema, dict):
+                raise ApiError(400, "response_format.json_schema.schema must be an object",
+                               "response_format")
+        else:
+            raise ApiError(400, f"unsupported response_format type {kind!r}", "response_format")
+        if self.ll_tokenizer is None:
+            self.ll_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            schema, defaults={"whitespace_flexible": False})
+        ok, warnings = llguidance.LLMatcher.validate_grammar_with_warnings(
+            grammar, self.ll_tokenizer)
+        if not ok:
+            raise ApiError(400, f"response_format schema is not usable: {warnings}",
+                           "response_format")
+        return llguidance.LLMatcher(self.ll_tokenizer, grammar)
+
+    # -- generation --------------------------------------------------------------------------
+
+    def generate(self, prompt_ids: list[int], max_tokens: int, temperature: float,
+                 top_p: float, seed: int | None, stops: list[str],
+                 matcher: Any) -> Iterator[tuple[str, int, str | None]]:
+        """Yield (text delta, tokens so far, finish reason or None)."""
+        import llguidance.torch as llt
+
+        eos = self.tokenizer.eos_token_id
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(seed if seed is not None else int(time.time_ns() % 2**63))
+        bitmask = llt.allocate_token_bitmask(1, self.ll_tokenizer.vocab_size) \
+            if matcher is not None else None
+        ids = torch.tensor([prompt_ids], device=self.device)
+        past = None
+        out_ids: list[int] = []
+        emitted = ""
+        with torch.inference_mode():
+            for step in range(max_tokens):
+                result = self.model(input_ids=ids, past_key_values=past, use_cache=True)
+                past = result.past_key_values
+                logits = result.logits[0, -1, :].float().cpu()
+                if matcher is not None:
+                    if matcher.is_stopped():
+                        yield "", step, "stop"
+                        return
+                    llt.fill_next_token_bitmask(matcher, bitmask, 0)
+                    vocab = self.ll_tokenizer.vocab_size
+                    masked = logits[:vocab].unsqueeze(0)
+                    llt.apply_token_bitmask_inplace(masked, bitmask)
+                    logits = torch.full_like(logits, float("-inf"))
+                    logits[:vocab] = masked[0]
+                token = self._sample(logits, temperature, top_p, generator)
+                if matcher is not None:
+                    matcher.consume_token(token)
+                if token == eos:
+                    yield "", step, "stop"
+                    return
+                out_ids.append(token)
+                text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
+                cut = _first_stop(text, stops)
+                if cut is not None:
+                    yield text[len(emitted):cut], len(out_ids), "stop"
+                    return
+                # hold back text that may still become a stop string or a partial character
+                safe = _safe_prefix(text, stops)
+                if len(safe) > len(emitted):
+                    yield safe[len(emitted):], len(out_ids), None
+                    emitted = safe
+                if matcher is not None and matcher.is_stopped():
+                    yield text[len(emitted):], len(out_ids), "stop"
+                    return
+                ids = torch.tensor([[token]], device=self.device)
+        text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
+        yield text[len(emitted):], len(out_ids), "length"
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, temperature: float, top_p: float,
+                generator: torch.Generator) -> int:
+        if temperature <= 0:
+            return int(torch.argmax(logits).item())
+        probs = torch.softmax(logits / temperature, dim=-1)
+        if top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
+            sorted_probs = sorted_probs * keep
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        return int(torch.multinomial(probs / probs.sum(), 1, generator=generator).item())
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
+
+
+def _safe_prefix(text: str, stops: list[str]) -> str:
+    if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
+        text = text.rstrip("\ufffd")
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                return text[:-k]
+    return text
+
+
+# -- the app ----------------------------------------------------------------------------------
+
+def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
+    """An output that is a tool call (our envelope or OpenAI's name/arguments) → tool_calls."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    items = data if isinstance(data, list) else [data]
+    calls = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            return None
+        name = item.get("tool", item.get("name"))
+        args = item.get("args", item.get("arguments", {}))
+        if not isinstance(name, str):
+            return None
+        calls.append({"id": str(item.get("id") or f"call_{index}"), "type": "function",
+                      "function": {"name": name, "arguments": json.dumps(args)}})
+    return calls or None
+
+
+def create_app(engine: Engine) -> FastAPI:
+    app = FastAPI(title="owllm transformers server")
+    model_id = engine.config["model_id"]
+    defaults = engine.config.get("generation") or {}
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.message, exc.kind, exc.param, exc.code), exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        if first.get("type") == "json_invalid":
+            return JSONResponse(error_body(f"request body is not valid JSON: {first.get('msg')}",
+                                           "invalid_request_error"), 400)
+        message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: "
+                            f"{e.get('msg')}" for e in errors)
+        return JSONResponse(error_body(message, "invalid_request_error", where,
+                                       "validation_error"), 422)
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, exc: Exception) -> JSONResponse:
+        print(f"owllm-server: internal error: {exc!r}", flush=True)
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}",
+                                       "server_error"), 500)
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        if not engine.ready:
+            return JSONResponse({"status": "loading"}, 503)
+        return JSONResponse({"status": "ok", "model": model_id})
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model_id, "object": "model",
+                                            "created": 0, "owned_by": "owllm"}]}
+
+    def check(request: Sampling, max_tokens: int | None) -> dict[str, Any]:
+        if request.model not in (None, "", model_id):
+            raise ApiError(404, f"model {request.model!r} does not exist; this server serves "
+                                f"{model_id!r}", "model", "model_not_found")
+        if request.n != 1:
+            raise ApiError(400, "only n=1 is supported", "n")
+        stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        if len(stops) > MAX_STOP:
+            raise ApiError(400, f"at most {MAX_STOP} stop sequences", "stop")
+        return {
+            "max_tokens": max_tokens or defaults.get("max_tokens", 64),
+            "temperature": request.temperature if request.temperature is not None
+            else defaults.get("temperature", 0.0),
+            "top_p": request.top_p if request.top_p is not None else defaults.get("top_p", 1.0),
+            "seed": request.seed, "stops": stops,
+        }
+
+    def run(request: Sampling, prompt: str, chat: bool, max_tokens: int | None,
+            tools: bool) -> Any:
+        if not engine.ready:
+            raise ApiError(503, "model is still loading", kind="server_error")
+        params = check(request, max_tokens)
+        prompt_ids = engine.encode(prompt, chat)
+        if len(prompt_ids) + params["max_tokens"] > engine.max_len:
+            raise ApiError(400, f"prompt ({len(prompt_ids)} tokens) + max_tokens "
+                                f"({params['max_tokens']}) exceeds the model's context length "
+                                f"{engine.max_len}", "max_tokens", "context_length_exceeded")
+        matcher = engine.matcher(request.response_format)
+        created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        kind = "chat.completion" if chat else "text_completion"
+        gen = engine.generate(prompt_ids, params["max_tokens"], params["temperature"],
+                              params["top_p"], params["seed"], params["stops"], matcher)
+
+        def usage(n: int) -> dict[str, int]:
+            return {"prompt_tokens": len(prompt_ids), "completion_tokens": n,
+                    "total_tokens": len(prompt_ids) + n}
+
+        if request.stream:
+            include_usage = bool((request.stream_options or {}).get("include_usage"))
+
+            def chunk(delta: str, finish: str | None, first: bool = False) -> str:
+                if chat:
+                    d: dict[str, Any] = {"role": "assistant"} if first else {}
+                    if delta:
+                        d["content"] = delta
+                    choice: dict[str, Any] = {"index": 0, "delta": d, "finish_reason": finish}
+                else:
+                    choice = {"index": 0, "text": delta, "finish_reason": finish}
+                body = {"id": rid, "object": f"{kind}.chunk" if chat else kind,
+                        "created": created, "model": model_id, "choices": [choice]}
+                return f"data: {json.dumps(body)}\n\n"
+
+            def events() -> Iterator[str]:
+                with engine.lock:
+                    yield chunk("", None, first=True)
+                    count = 0
+                    try:
+                        for delta, count, finish in gen:  # noqa: B007
+                            if delta or finish:
+                                yield chunk(delta, finish)
+                    except Exception as exc:  # the stream has started: report in-band
+                        yield f"data: {json.dumps(error_body(str(exc), 'server_error'))}\n\n"
+                    if include_usage:
+                        yield "data: " + json.dumps({"id": rid, "object": f"{kind}.chunk",
+                                                     "created": created, "model": model_id,
+                                                     "choices": [], "usage": usage(count)}) \
+                            + "\n\n"
+                    yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        with engine.lock:
+            pieces, count, finish = [], 0, "length"
+            for delta, count, reason in gen:  # noqa: B007
+                pieces.append(delta)
+                finish = reason or finish
+        text = "".join(pieces)
+        if chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            calls = parse_tool_calls(text) if tools else None
+            if calls:
+                message = {"role": "assistant", "content": None, "tool_calls": calls}
+                finish = "tool_calls"
+            choice = {"index": 0, "message": message, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": finish}
+        return {"id": rid, "object": kind, "created": created, "model": model_id,
+                "choices": [choice], "usage": usage(count)}
+
+    @app.post("/v1/chat/completions")
+    def chat(request: ChatRequest) -> Any:
+        tools = bool(request.tools) and request.tool_choice != "none"
+        return run(request, engine.chat_prompt(request), True,
+                   request.max_completion_tokens or request.max_tokens, tools)
+
+    @app.post("/v1/completions")
+    def completions(request: CompletionRequest) -> Any:
+        return run(request, request.prompt, False, request.max_tokens, False)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="OWLLM transformers server")
+    parser.add_argument("--config-json", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    try:
+        with open(args.config_json, encoding="utf-8") as handle:
+            config = json.load(handle)
+        engine = Engine(config)
+        engine.load()
+    except Exception as exc:  # a bad model path or adapter: say so and exit non-zero
+        print(f"owllm-server: cannot load model: {type(exc).__name__}: {exc}", file=sys.stderr,
+              flush=True)
+        return 1
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), host=args.host, port=args.port,
+                                           log_level="warning", access_log=False))
+    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
