@@ -16,6 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+pytest_plugins = ["pytester"]
+
 TOKEN_VAR = "OWLLM_TEST_RUN_TOKEN"
 
 
