@@ -40,6 +40,7 @@ def _leftovers(token: str) -> list[psutil.Process]:
     return found
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if hasattr(session.config, "workerinput"):
         return

@@ -134,6 +134,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(f"needs a CUDA GPU; this host has none ({profile.summary()})")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if hasattr(session.config, "workerinput"):
         return  # the controller (or the single process) stops what the run started

@@ -1,0 +1,65 @@
+"""Tool-schema fuzzing per model: for generated tool schemas, the model's constrained output
+must always be a valid call of one of them (Hypothesis draws the schemas)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from owllm.backends import get_backend
+from owllm.config import Config
+from owllm.tools import parse_tool_call
+from owllm.tools.prompts import tool_call_response_schema
+
+pytestmark = [pytest.mark.owllm_tools, pytest.mark.slow]
+
+NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)
+SCALARS = st.sampled_from([
+    {"type": "integer", "minimum": 0, "maximum": 999},
+    {"type": "boolean"},
+    {"type": "string", "maxLength": 8},
+    {"type": "string", "enum": ["red", "green", "blue"]},
+    {"type": "number", "minimum": -10, "maximum": 10},
+])
+
+
+@st.composite
+def tool_specs(draw: st.DrawFn) -> list[dict[str, Any]]:
+    names = draw(st.lists(NAMES, min_size=1, max_size=3, unique=True))
+    specs = []
+    for name in names:
+        props = draw(st.dictionaries(NAMES, SCALARS, max_size=3))
+        required = sorted(draw(st.sets(st.sampled_from(sorted(props)))) if props else set())
+        specs.append({"type": "function", "function": {"name": name, "parameters": {
+            "type": "object", "properties": props, "required": required,
+            "additionalProperties": False}}})
+    return specs
+
+
+def test_constrained_output_is_always_a_valid_call(owllm_model_id: str,
+                                                   owllm_server: dict[str, Any],
+                                                   owllm_config: Config) -> None:
+    backend = owllm_config.models[owllm_model_id].backend
+    if not get_backend(backend).capabilities.structured_output:
+        pytest.skip(f"backend {backend} has no structured output")
+
+    @settings(max_examples=5, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(specs=tool_specs(), seed=st.integers(0, 2**16))
+    def check(specs: list[dict[str, Any]], seed: int) -> None:
+        schema = tool_call_response_schema(specs)
+        response = httpx.post(owllm_server["url"] + "/v1/chat/completions", timeout=120, json={
+            "model": owllm_model_id, "max_tokens": 160, "temperature": 1.0, "seed": seed,
+            "messages": [{"role": "user", "content": "Call one of the tools."}],
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "call", "schema": schema, "strict": True}}})
+        assert response.status_code == 200, response.text
+        choice = response.json()["choices"][0]
+        assert choice["finish_reason"] == "stop", f"output did not complete: {choice}"
+        parse_tool_call(choice["message"]["content"], tools=specs)  # raises if invalid
+
+    check()

@@ -1,0 +1,71 @@
+"""``owllm tools validate``: strict verdict on a tool call read from stdin.
+
+``serve``/``stop``/``status``/``smoke`` are added by the lead next to this (process management
+is shared with the model servers); the server itself is ``python -m owllm.tools.server``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from owllm.errors import ConfigError, UsageError
+from owllm.tools.errors import ToolCallError, ToolSpecError
+from owllm.tools.parser import MAX_TEXT_CHARS, parse_tool_call
+from owllm.tools.registry import load_tools_config
+from owllm.tools.specs import ToolSet, compile_tools
+
+
+def register(subparsers: Any, parents: argparse.ArgumentParser | None = None) -> None:
+    """Add ``validate`` to the ``tools`` group's subparsers."""
+    validate = subparsers.add_parser(
+        "validate", parents=[parents] if parents is not None else [],
+        help="validate a tool call read from stdin; print a JSON verdict",
+        description="Read a model's output on stdin and check it is exactly one strict tool "
+                    "call (or a JSON array of calls). Prints {\"valid\": true, \"calls\": [...]} "
+                    "or {\"valid\": false, \"error\": {\"code\", \"path\", \"message\"}}; "
+                    "exits 0 valid, 1 invalid, 2 usage error.")
+    validate.add_argument("--tools", metavar="FILE",
+                          help="YAML/JSON tool specs (a list, or {tools: [...]}; OpenAI or bare "
+                               "{name, parameters} form, or a tools config with 'function' "
+                               "import paths); default: the built-in and registered tools")
+    validate.set_defaults(func=cmd_validate)
+
+
+def load_tool_specs(path: str) -> ToolSet:
+    """Tool specs from a file, compiled; raises :class:`UsageError` when unusable."""
+    file = Path(path)
+    try:
+        import yaml
+
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"cannot read --tools {path}: {exc}") from exc
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise UsageError(f"cannot parse --tools {path}: {exc}") from exc
+    entries = data.get("tools") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise UsageError(f"--tools {path}: expected a list of tool specs or {{tools: [...]}}")
+    try:
+        if any(isinstance(e, dict) and isinstance(e.get("function"), str) for e in entries):
+            return compile_tools(load_tools_config(file))
+        return compile_tools(entries)
+    except (ToolSpecError, ConfigError) as exc:
+        raise UsageError(f"--tools {path}: {exc}") from exc
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Print the verdict; 0 valid, 1 invalid (usage errors raise :class:`UsageError`, 2)."""
+    tools = load_tool_specs(args.tools) if getattr(args, "tools", None) else None
+    text = sys.stdin.buffer.read(MAX_TEXT_CHARS * 4 + 1)
+    try:
+        parsed = parse_tool_call(text, tools)
+    except ToolCallError as exc:
+        print(json.dumps({"valid": False, "error": exc.to_dict()}))
+        return 1
+    calls = parsed if isinstance(parsed, list) else [parsed]
+    print(json.dumps({"valid": True, "calls": [c.to_dict() for c in calls]}))
+    return 0

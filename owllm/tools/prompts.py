@@ -1,0 +1,98 @@
+"""Prompt templates that ask a model for a tool call as one strict JSON envelope, and the
+JSON schema for constrained decoding (OpenAI ``response_format`` of type ``json_schema``).
+
+Each template is a ``str`` with the fields ``{tools}`` (see :func:`render_tools`) and
+``{prompt}``::
+
+    TRANSFORMERS_TEMPLATE.format(tools=render_tools(specs), prompt="What is 42 * 17?")
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from owllm.tools.specs import normalize_spec
+
+#: ids a model may emit under constrained decoding: short and bounded, so a random model
+#: cannot loop inside the id string.
+ID_PATTERN = "^call_[A-Za-z0-9]{1,12}$"
+ID_MAX_LENGTH = 17
+
+_RULES = (
+    'Reply with exactly one JSON object and nothing else: {{"tool": "<tool name>", '
+    '"args": {{<arguments>}}, "id": "call_1"}}. No markdown, no code fences, no prose, '
+    "no XML, no function-call syntax. Use only the tools listed and only their parameters."
+)
+
+TRANSFORMERS_TEMPLATE = (
+    "You can call tools. Available tools:\n{tools}\n\n" + _RULES + "\n\n"
+    "User request: {prompt}\n"
+)
+VLLM_TEMPLATE = (
+    "You are a function-calling assistant.\n# Tools\n{tools}\n\n# Output format\n" + _RULES
+    + ' For several independent calls, reply with a JSON array of such objects with distinct '
+    'ids.\n\n# Request\n{prompt}\n'
+)
+LLAMACPP_TEMPLATE = (
+    "Tools:\n{tools}\n" + _RULES + "\nRequest: {prompt}\nJSON:"
+)
+
+TEMPLATES: dict[str, str] = {
+    "transformers": TRANSFORMERS_TEMPLATE,
+    "vllm": VLLM_TEMPLATE,
+    "llamacpp": LLAMACPP_TEMPLATE,
+}
+
+
+def template_for(backend: str) -> str:
+    """The template for a backend name (``transformers``, ``vllm``, ``llamacpp``/``llama.cpp``
+    /``llama_cpp``); unknown backends get the transformers one (the most explicit)."""
+    key = backend.lower().replace(".", "").replace("_", "").replace("-", "")
+    return TEMPLATES.get(key, TRANSFORMERS_TEMPLATE)
+
+
+def render_tools(tools: Iterable[Any]) -> str:
+    """One line per tool: ``- name: description`` then its parameters schema as compact JSON.
+
+    Accepts OpenAI-style or bare specs, or :class:`~owllm.tools.registry.Tool` objects.
+    """
+    lines = []
+    for spec in tools:
+        function = normalize_spec(spec)["function"]
+        description = function["description"] or "(no description)"
+        params = json.dumps(function["parameters"], separators=(",", ":"), sort_keys=True)
+        lines.append(f"- {function['name']}: {description}\n  args schema: {params}")
+    return "\n".join(lines)
+
+
+def tool_call_response_schema(tools: Iterable[Any]) -> dict[str, Any]:
+    """A JSON schema whose ``anyOf`` has one strict envelope per tool: ``tool`` is a
+    ``const``, ``args`` the tool's parameters (``additionalProperties: false`` unless the tool
+    says otherwise), ``id`` a short bounded string.  Under a constrained decoder even a random
+    model then emits a call that :func:`~owllm.tools.parse_tool_call` accepts (for args
+    schemas the decoder fully enforces)."""
+    options = []
+    for spec in tools:
+        function = normalize_spec(spec)["function"]
+        args = copy.deepcopy(function["parameters"])
+        if args.get("type", "object") == "object":
+            args.setdefault("type", "object")
+            args.setdefault("properties", {})
+            args.setdefault("additionalProperties", False)
+        options.append({
+            "type": "object",
+            "properties": {
+                "tool": {"const": function["name"]},
+                "args": args,
+                "id": {"type": "string", "pattern": ID_PATTERN, "minLength": 6,
+                       "maxLength": ID_MAX_LENGTH},
+            },
+            "required": ["tool", "args", "id"],
+            "additionalProperties": False,
+        })
+    if not options:
+        raise ValueError("tool_call_response_schema needs at least one tool")
+    return {"anyOf": options}

@@ -1,0 +1,290 @@
+"""Tools and the registry that holds them.
+
+A :class:`Tool` is a name, a description, a JSON schema (Draft 2020-12) for its args and a
+Python callable, called with the validated args as keyword arguments; it returns
+JSON-serialisable data, or raises :class:`~owllm.tools.errors.ToolError` to refuse its args.
+
+Three ways to add tools, all ending in :meth:`ToolRegistry.register`:
+
+* Python: ``register_tool(func, parameters={...})`` (also a decorator), or ``@tool(...)``
+  which turns a function into a :class:`Tool` (still callable) for a registry to pick up.
+* Configuration (YAML or JSON), see :func:`load_tools_config`::
+
+      python_path: [.]                   # optional, relative to this file
+      tools:
+        - function: mypkg.tools:lookup   # "module:attr": a callable or a Tool
+          name: lookup                   # default: the function's name
+          description: Find a record     # default: the docstring's first line
+          parameters: {type: object, properties: {key: {type: string}}, required: [key]}
+          timeout: 5                     # seconds, default: the server's
+
+* Entry points: a distribution declares ``[project.entry-points."owllm.tools"]``
+  ``name = "pkg.mod:obj"`` where ``obj`` is a :class:`Tool` or an iterable of them.
+
+:func:`default_registry` is the process-wide registry (built-ins, then entry points);
+``parse_tool_call(text)`` without ``tools`` validates against it.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from owllm.errors import ConfigError
+from owllm.tools.errors import ToolSpecError
+from owllm.tools.specs import ToolSet, compile_tools, normalize_spec
+
+ENTRY_POINT_GROUP = "owllm.tools"
+log = logging.getLogger("owllm.tools")
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A callable tool with its args schema.  ``timeout`` (seconds) overrides the server's."""
+
+    name: str
+    func: Callable[..., Any] = field(repr=False)
+    parameters: Mapping[str, Any] = field(
+        default_factory=lambda: {"type": "object", "properties": {}})
+    description: str = ""
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.func):
+            raise ToolSpecError(f"tool {self.name!r}: {self.func!r} is not callable")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ToolSpecError(f"tool {self.name!r}: timeout must be > 0")
+        compile_tools([self.spec()])  # validates the name and the schema (then cached)
+
+    def spec(self) -> dict[str, Any]:
+        """The OpenAI-style spec ``{"type": "function", "function": {...}}``."""
+        return normalize_spec({"name": self.name, "description": self.description,
+                               "parameters": self.parameters})
+
+    def __call__(self, **args: Any) -> Any:
+        return self.func(**args)
+
+
+def _describe(func: Callable[..., Any]) -> str:
+    doc = (getattr(func, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def tool(name: str | None = None, *, parameters: Mapping[str, Any] | None = None,
+         description: str | None = None,
+         timeout: float | None = None) -> Callable[[Callable[..., Any]], Tool]:
+    """Decorator: make a function a :class:`Tool` (name and description from the function)."""
+    def wrap(func: Callable[..., Any]) -> Tool:
+        return Tool(name or func.__name__, func,
+                    dict(parameters or {"type": "object", "properties": {}}),
+                    description if description is not None else _describe(func), timeout)
+    return wrap
+
+
+class ToolRegistry:
+    """Tools by name.  Thread-safe; :meth:`toolset` is recompiled only after a change."""
+
+    def __init__(self, tools: Iterable[Tool] = (), *, builtins: bool = False) -> None:
+        self._tools: dict[str, Tool] = {}
+        self._lock = threading.Lock()
+        self._toolset: ToolSet | None = None
+        if builtins:
+            from owllm.tools.builtins import builtin_tools
+
+            tools = [*builtin_tools(), *tools]
+        for item in tools:
+            self.register(item)
+
+    def register(self, item: Tool, *, replace: bool = False) -> Tool:
+        """Add a tool; a name already taken raises :class:`ToolSpecError` unless ``replace``."""
+        if not isinstance(item, Tool):
+            raise ToolSpecError(f"expected a Tool, got {type(item).__name__}",
+                                hint="wrap the function with owllm.tools.tool(...)")
+        with self._lock:
+            if item.name in self._tools and not replace:
+                raise ToolSpecError(f"tool {item.name!r} is already registered",
+                                    hint="pick another name or pass replace=True")
+            self._tools[item.name] = item
+            self._toolset = None
+        return item
+
+    def register_tool(self, func: Callable[..., Any] | None = None, *, name: str | None = None,
+                      parameters: Mapping[str, Any] | None = None,
+                      description: str | None = None, timeout: float | None = None,
+                      replace: bool = False) -> Any:
+        """Register ``func`` (or use as ``@registry.register_tool(parameters=...)``)."""
+        def wrap(target: Callable[..., Any]) -> Tool:
+            made = target if isinstance(target, Tool) else tool(
+                name, parameters=parameters, description=description, timeout=timeout)(target)
+            return self.register(made, replace=replace)
+        return wrap if func is None else wrap(func)
+
+    def unregister(self, name: str) -> None:
+        """Remove a tool (no error when absent)."""
+        with self._lock:
+            self._tools.pop(name, None)
+            self._toolset = None
+
+    def get(self, name: str) -> Tool | None:
+        """The tool of that name, or None."""
+        return self._tools.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(list(self._tools.values()))
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def names(self) -> list[str]:
+        """Registered names, in registration order."""
+        return list(self._tools)
+
+    def specs(self) -> list[dict[str, Any]]:
+        """OpenAI-style specs of every tool (what ``GET /tools`` serves); a copy, so callers
+        may edit them without touching the compiled ones."""
+        return copy.deepcopy(list(self.toolset().specs))
+
+    def toolset(self) -> ToolSet:
+        """The compiled specs and validators (what :func:`parse_tool_call` uses)."""
+        current = self._toolset
+        if current is None:
+            with self._lock:
+                current = self._toolset = compile_tools(self._tools.values())
+        return current
+
+    def load_config(self, path: str | Path, *, replace: bool = True) -> list[Tool]:
+        """Register the tools of a YAML/JSON file (see :func:`load_tools_config`)."""
+        loaded = load_tools_config(path)
+        for item in loaded:
+            self.register(item, replace=replace)
+        return loaded
+
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP, *,
+                          strict: bool = False) -> list[Tool]:
+        """Register tools published under an entry point group.  A broken entry point is
+        logged and skipped, or raises :class:`ToolSpecError` when ``strict``."""
+        loaded: list[Tool] = []
+        for ep in entry_points(group=group):
+            try:
+                obj = ep.load()
+                items = [obj] if isinstance(obj, Tool) else list(obj)
+                for item in items:
+                    loaded.append(self.register(item, replace=True))
+            except Exception as exc:  # a third-party plugin may fail in any way
+                message = f"entry point {ep.name} = {ep.value} ({group}): {exc}"
+                if strict:
+                    raise ToolSpecError(message) from exc
+                log.warning("skipping tool %s", message)
+        return loaded
+
+
+def import_object(path: str) -> Any:
+    """``"package.module:attr"`` (or ``package.module.attr``) → the object."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ToolSpecError(f"bad import path {path!r}", hint='use "package.module:function"')
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ToolSpecError(f"cannot import {path!r}: {exc}") from exc
+    return obj
+
+
+_ENTRY_KEYS = {"function", "name", "description", "parameters", "timeout"}
+
+
+def _tool_from_entry(entry: Any, where: str) -> Tool:
+    if not isinstance(entry, Mapping):
+        raise ToolSpecError(f"{where}: expected a mapping")
+    unknown = set(entry) - _ENTRY_KEYS
+    if unknown:
+        raise ToolSpecError(f"{where}: unknown key(s) {sorted(unknown)}",
+                            hint=f"allowed: {sorted(_ENTRY_KEYS)}")
+    if not isinstance(entry.get("function"), str):
+        raise ToolSpecError(f"{where}.function: required, as \"package.module:function\"")
+    target = import_object(entry["function"])
+    overrides = {k: entry[k] for k in ("name", "description", "parameters", "timeout")
+                 if k in entry}
+    if isinstance(target, Tool):
+        return replace(target, **overrides) if overrides else target
+    if "parameters" not in entry:
+        raise ToolSpecError(f"{where}.parameters: required for a plain function",
+                            hint="give the JSON schema of the function's keyword arguments")
+    return tool(entry.get("name"), parameters=entry["parameters"],
+                description=entry.get("description"), timeout=entry.get("timeout"))(target)
+
+
+def load_tools_config(path: str | Path) -> list[Tool]:
+    """Read tools from a YAML or JSON file (format in the module docstring).
+
+    ``python_path`` entries (relative to the file) are added to ``sys.path`` first so the
+    file can point at modules that live next to it.  Raises :class:`ConfigError` listing the
+    problems.
+    """
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(str(file), [f"{file}: cannot read tools config: {exc}"]) from exc
+    if isinstance(data, list):
+        data = {"tools": data}
+    if not isinstance(data, dict) or not isinstance(data.get("tools", []), list):
+        raise ConfigError(str(file), [f"{file}: expected a mapping with a 'tools' list"])
+    for extra in data.get("python_path", []) or []:
+        folder = str((file.parent / str(extra)).resolve())
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    tools: list[Tool] = []
+    problems: list[str] = []
+    for index, entry in enumerate(data.get("tools") or []):
+        try:
+            tools.append(_tool_from_entry(entry, f"tools[{index}]"))
+        except ToolSpecError as exc:
+            problems.append(f"{file}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+    if problems:
+        raise ConfigError(str(file), problems)
+    return tools
+
+
+_DEFAULT: ToolRegistry | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_registry() -> ToolRegistry:
+    """The process-wide registry: built-ins, then tools from entry points (loaded once)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        with _DEFAULT_LOCK:
+            if _DEFAULT is None:
+                registry = ToolRegistry(builtins=True)
+                registry.load_entry_points()
+                _DEFAULT = registry
+    return _DEFAULT
+
+
+def register_tool(func: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """Register a tool on the default registry; see :meth:`ToolRegistry.register_tool`."""
+    return default_registry().register_tool(func, **options)
+
+
+def dumps_result(value: Any) -> str:
+    """A tool result as strict JSON (raises ValueError/TypeError when it is not JSON)."""
+    return json.dumps(value, allow_nan=False)

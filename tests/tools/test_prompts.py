@@ -1,0 +1,69 @@
+"""Prompt templates and the constrained-decoding schema."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from jsonschema import Draft202012Validator
+
+from owllm.tools import ToolRegistry, parse_tool_call
+from owllm.tools.prompts import (
+    LLAMACPP_TEMPLATE,
+    TRANSFORMERS_TEMPLATE,
+    VLLM_TEMPLATE,
+    render_tools,
+    template_for,
+    tool_call_response_schema,
+)
+from pytest_owllm.strategies import valid_tool_calls
+
+SPECS = ToolRegistry(builtins=True).specs()
+
+
+@pytest.mark.parametrize("template", [TRANSFORMERS_TEMPLATE, VLLM_TEMPLATE, LLAMACPP_TEMPLATE])
+def test_templates_format(template: str) -> None:
+    text = template.format(tools=render_tools(SPECS), prompt="What is 42 * 17?")
+    assert "What is 42 * 17?" in text and "calculator" in text
+    assert '{"tool": "<tool name>", "args": {<arguments>}, "id": "call_1"}' in text
+    assert "{tools}" not in text and "{prompt}" not in text
+
+
+def test_template_for() -> None:
+    assert template_for("transformers") is TRANSFORMERS_TEMPLATE
+    assert template_for("vllm") is VLLM_TEMPLATE
+    assert template_for("llama.cpp") is template_for("llamacpp") is LLAMACPP_TEMPLATE
+    assert template_for("other") is TRANSFORMERS_TEMPLATE
+
+
+def test_render_tools_accepts_both_forms() -> None:
+    text = render_tools([{"name": "ping", "parameters": {"type": "object"}}, SPECS[0]])
+    assert text.splitlines()[0] == "- ping: (no description)"
+    assert '"expression"' in text
+
+
+def test_response_schema_shape() -> None:
+    schema = tool_call_response_schema(SPECS)
+    Draft202012Validator.check_schema(schema)
+    assert [o["properties"]["tool"]["const"] for o in schema["anyOf"]] == [
+        "calculator", "echo", "current_time"]
+    for option in schema["anyOf"]:
+        assert option["additionalProperties"] is False
+        assert option["required"] == ["tool", "args", "id"]
+        assert option["properties"]["args"]["additionalProperties"] is False
+        assert option["properties"]["id"]["maxLength"] <= 32
+    with pytest.raises(ValueError):
+        tool_call_response_schema([])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_tool_calls(SPECS))
+def test_what_the_schema_accepts_the_parser_accepts(text: str) -> None:
+    """Anything a constrained decoder can emit under the schema parses as a valid call."""
+    validator = Draft202012Validator(tool_call_response_schema(SPECS))
+    data = json.loads(text)
+    for item in data if isinstance(data, list) else [data]:
+        item = dict(item, id="call_1")
+        if validator.is_valid(item):
+            assert parse_tool_call(json.dumps(item), SPECS)
