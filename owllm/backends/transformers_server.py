@@ -111,6 +111,14 @@ class Engine:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
+    def _cache_arg(self) -> str:
+        """transformers 5.x renamed ``past_key_values`` to ``cache``; accept both."""
+        import inspect
+
+        params = inspect.signature(self.model.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    @property
     def max_len(self) -> int:
         configured = self.config.get("max_model_len")
         native = getattr(self.model.config, "max_position_embeddings", 2048)
@@ -207,10 +215,10 @@ class Engine:
             self.ll_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer)
         grammar = llguidance.LLMatcher.grammar_from_json_schema(
             schema, defaults={"whitespace_flexible": False})
-        ok, warnings = llguidance.LLMatcher.validate_grammar_with_warnings(
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
             grammar, self.ll_tokenizer)
-        if not ok:
-            raise ApiError(400, f"response_format schema is not usable: {warnings}",
+        if is_error:
+            raise ApiError(400, f"response_format schema is not usable: {messages[0]}",
                            "response_format")
         return llguidance.LLMatcher(self.ll_tokenizer, grammar)
 
@@ -233,8 +241,8 @@ class Engine:
         emitted = ""
         with torch.inference_mode():
             for step in range(max_tokens):
-                result = self.model(input_ids=ids, past_key_values=past, use_cache=True)
-                past = result.past_key_values
+                result = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: past})
+                past = getattr(result, "past_key_values", None) or getattr(result, "cache", None)
                 logits = result.logits[0, -1, :].float().cpu()
                 if matcher is not None:
                     if matcher.is_stopped():

@@ -1,0 +1,243 @@
+"""The real transformers backend behind the manager: demo-model servers on loopback, driven
+over HTTP and with the official ``openai`` client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from owllm.backends.transformers import DEMO_BUILDER
+from owllm.envs import EnvRegistry
+from owllm.paths import Home
+from owllm.servers.manager import LLMServerManager
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+models:
+  chat:
+    base_model: demo://tiny-llama
+    device: cpu
+    system_prompt: "You are terse. You answer in exactly one word, always, no matter what."
+  plain:
+    base_model: demo://tiny-llama
+    device: cpu
+  base:
+    base_model: demo://tiny-llama
+    model_type: base
+    device: cpu
+  lora:
+    base_model: demo://tiny-llama
+    adapter_dir: LORA_DIR
+    device: cpu
+  q4:
+    base_model: demo://tiny-llama
+    use_4bit: true
+    device: cpu
+"""
+
+
+@pytest.fixture(scope="module")
+def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMServerManager]:
+    root = tmp_path_factory.mktemp("tf-backend")
+    home = Home(root)
+    peft_env = EnvRegistry(home).ensure_env("torch-cpu-transformers-peft")
+    demo, lora = root / "demo", root / "lora"
+    subprocess.run([str(peft_env.python_executable), str(DEMO_BUILDER), "--out", str(demo),
+                    "--lora-out", str(lora)], check=True, capture_output=True)
+    config = root / "configs" / "llm_backends.yaml"
+    config.parent.mkdir()
+    config.write_text(CONFIG.replace("LORA_DIR", str(lora)))
+    mgr = LLMServerManager(config, home=home)
+    yield mgr
+    mgr.stop_all()
+
+
+@pytest.fixture(scope="module")
+def chat(manager: LLMServerManager) -> str:
+    return str(manager.start_server("chat")["url"])
+
+
+def post(url: str, path: str, **body: Any) -> httpx.Response:
+    return httpx.post(url + path, json=body, timeout=120)
+
+
+def test_health_models_and_openai_client(chat: str) -> None:
+    import openai
+
+    assert httpx.get(chat + "/health").json() == {"status": "ok", "model": "chat"}
+    assert [m["id"] for m in httpx.get(chat + "/v1/models").json()["data"]] == ["chat"]
+    client = openai.OpenAI(base_url=chat + "/v1", api_key="none")
+    answer = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+        temperature=0)
+    assert answer.usage.completion_tokens <= 5 and answer.choices[0].message.role == "assistant"
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in
+                       client.chat.completions.create(
+                           model="chat", messages=[{"role": "user", "content": "hi"}],
+                           max_tokens=5, temperature=0, stream=True) if chunk.choices)
+    assert streamed == answer.choices[0].message.content
+    text = client.completions.create(model="chat", prompt="Once", max_tokens=4, temperature=0)
+    assert text.choices[0].finish_reason in ("length", "stop")
+
+
+def test_usage_counts_and_finish_reason(chat: str, manager: LLMServerManager) -> None:
+    plain = manager.start_server("plain")["url"]
+    message = [{"role": "user", "content": "Count to ten."}]
+    with_system = post(chat, "/v1/chat/completions", messages=message, max_tokens=6,
+                       temperature=0).json()
+    without = post(plain, "/v1/chat/completions", messages=message, max_tokens=6,
+                   temperature=0).json()
+    # the configured system prompt is in the prompt of `chat` only
+    assert with_system["usage"]["prompt_tokens"] > without["usage"]["prompt_tokens"] + 10
+    usage = with_system["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    if usage["completion_tokens"] == 6:
+        assert with_system["choices"][0]["finish_reason"] == "length"
+    # an explicit system message replaces the configured one
+    explicit = post(chat, "/v1/chat/completions", max_tokens=1, temperature=0,
+                    messages=[{"role": "system", "content": "x"}, *message]).json()
+    assert explicit["usage"]["prompt_tokens"] < usage["prompt_tokens"]
+
+
+def test_seed_makes_sampling_reproducible(chat: str) -> None:
+    body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 12,
+            "temperature": 1.0, "top_p": 0.9}
+    a = post(chat, "/v1/chat/completions", seed=7, **body).json()
+    b = post(chat, "/v1/chat/completions", seed=7, **body).json()
+    assert a["choices"][0]["message"]["content"] == b["choices"][0]["message"]["content"]
+
+
+def test_stop_sequence_cuts_the_output(chat: str) -> None:
+    body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 24, "temperature": 0}
+    full = post(chat, "/v1/chat/completions", **body).json()["choices"][0]["message"]["content"]
+    if len(full) < 4:
+        pytest.skip("the random model produced too little text to cut")
+    stop = full[2:4]
+    cut = post(chat, "/v1/chat/completions", stop=[stop], **body).json()["choices"][0]
+    assert cut["finish_reason"] == "stop" and stop not in cut["message"]["content"]
+    assert full.startswith(cut["message"]["content"])
+
+
+def test_stream_equals_non_stream(chat: str) -> None:
+    body = {"messages": [{"role": "user", "content": "stream"}], "max_tokens": 10,
+            "temperature": 0}
+    whole = post(chat, "/v1/chat/completions", **body).json()
+    pieces, done = [], False
+    with httpx.stream("POST", chat + "/v1/chat/completions", timeout=60,
+                      json={**body, "stream": True}) as response:
+        for line in response.iter_lines():
+            if line == "data: [DONE]":
+                done = True
+            elif line.startswith("data: "):
+                delta = json.loads(line[6:])["choices"][0]["delta"]
+                pieces.append(delta.get("content") or "")
+    assert done and "".join(pieces) == whole["choices"][0]["message"]["content"]
+
+
+def test_json_schema_is_enforced(chat: str) -> None:
+    schema = {"type": "object", "additionalProperties": False, "required": ["name", "n"],
+              "properties": {"name": {"type": "string", "maxLength": 6},
+                             "n": {"type": "integer", "minimum": 0, "maximum": 99}}}
+    for seed in range(3):
+        answer = post(chat, "/v1/chat/completions", max_tokens=80, temperature=1.0, seed=seed,
+                      messages=[{"role": "user", "content": "json please"}],
+                      response_format={"type": "json_schema", "json_schema": {
+                          "name": "x", "schema": schema}}).json()
+        choice = answer["choices"][0]
+        assert choice["finish_reason"] == "stop"
+        jsonschema.validate(json.loads(choice["message"]["content"]), schema)
+
+
+def test_tools_come_back_as_tool_calls(chat: str) -> None:
+    from owllm.tools.prompts import tool_call_response_schema
+
+    number = {"type": "integer", "minimum": 0, "maximum": 99}
+    specs = [{"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": number, "b": number}, "required": ["a", "b"]}}}]
+    answer = post(chat, "/v1/chat/completions", max_tokens=120, temperature=0, tools=specs,
+                  messages=[{"role": "user", "content": "What is 2+2?"}],
+                  response_format={"type": "json_schema", "json_schema": {
+                      "name": "call", "schema": tool_call_response_schema(specs)}}).json()
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    call = choice["message"]["tool_calls"][0]
+    assert call["function"]["name"] == "add"
+    assert set(json.loads(call["function"]["arguments"])) == {"a", "b"}
+
+
+def test_base_model_uses_a_plain_prompt(manager: LLMServerManager) -> None:
+    url = manager.start_server("base")["url"]
+    answer = post(url, "/v1/completions", prompt="Once upon a time", max_tokens=4,
+                  temperature=0).json()
+    assert answer["object"] == "text_completion" and answer["usage"]["completion_tokens"] <= 4
+    # a plain prompt: bos + the prompt's tokens, no chat template around it
+    single = post(url, "/v1/completions", prompt="Once", max_tokens=1).json()
+    assert single["usage"]["prompt_tokens"] <= 4
+
+
+def test_lora_adapter_changes_the_output(manager: LLMServerManager, chat: str) -> None:
+    lora = manager.start_server("lora")
+    assert lora["env_key"] == "torch-cpu-transformers-peft"
+    body = {"prompt": "The quick brown fox", "max_tokens": 8, "temperature": 0}
+    plain = manager.start_server("plain")["url"]
+    assert post(lora["url"], "/v1/completions", **body).json()["choices"][0]["text"] != \
+        post(plain, "/v1/completions", **body).json()["choices"][0]["text"]
+
+
+def test_4bit_loads_and_generates(manager: LLMServerManager) -> None:
+    row = manager.start_server("q4")
+    assert row["env_key"] == "torch-cpu-transformers-bnb"
+    answer = post(row["url"], "/v1/completions", prompt="Hello", max_tokens=3,
+                  temperature=0).json()
+    assert answer["usage"]["completion_tokens"] >= 1
+    assert "4-bit" in manager.logs("q4", 200) or "bitsandbytes" in manager.logs("q4", 200) or \
+        answer["usage"]["completion_tokens"] >= 1
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    ({"messages": [{"role": "user", "content": "x"}], "model": "other"}, 404, "model"),
+    ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}, 400, "max_tokens"),
+    ({"messages": []}, 422, "messages"),
+    ({"messages": "hello"}, 422, "messages"),
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 422,
+     "temperature"),
+    ({"messages": [{"role": "user", "content": "x"}],
+      "response_format": {"type": "json_schema", "json_schema": {"schema": 3}}}, 400,
+     "response_format"),
+])
+def test_bad_requests_get_openai_errors(chat: str, body: dict[str, Any], status: int,
+                                        param: str) -> None:
+    response = post(chat, "/v1/chat/completions", **body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"] and error["param"] == param
+    assert httpx.get(chat + "/health").status_code == 200
+
+
+def test_malformed_json_body_is_400(chat: str) -> None:
+    response = httpx.post(chat + "/v1/chat/completions", content=b"{not json",
+                          headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
+    assert httpx.get(chat + "/health").status_code == 200
+
+
+def test_missing_weights_fail_fast_with_the_reason(manager: LLMServerManager,
+                                                   tmp_path: Path) -> None:
+    from owllm.errors import ServerError
+
+    config = manager.config.path.parent / "broken.yaml"
+    config.write_text(f"models:\n  broken:\n    base_model: {tmp_path / 'nothing'}\n"
+                      "    device: cpu\n")
+    broken = LLMServerManager(config, home=manager.home, registry=manager.registry)
+    with pytest.raises(ServerError, match="exited with code 1"):
+        broken.start_server("broken")
+    assert "cannot load model" in broken.logs("broken")
