@@ -26,6 +26,10 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("tools", "owllm.cli.tools", "tool calling (validate, serve, stop, status, smoke)"),
 )
 # Single commands without a group.
+# Extra modules that add subcommands to a group: (group, module).
+GROUP_EXTRAS: tuple[tuple[str, str], ...] = (
+    ("tools", "owllm.cli.tools_server"),
+)
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("owllm.cli.state", "register"),
 )
@@ -64,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # a group not built yet in this checkout
         _register(module.register, group_sub, common)
+        for extra_group, extra_module in GROUP_EXTRAS:
+            if extra_group == name:
+                _register(import_module(extra_module).register, group_sub, common)
     for module_name, attr in COMMANDS:
         try:
             module = import_module(module_name)
