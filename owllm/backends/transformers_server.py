@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
+import os
 import sys
 import threading
 import time
@@ -35,9 +35,31 @@ from typing import Any
 
 # This file sits next to owllm/backends/transformers.py, which would shadow the real
 # `transformers` package: drop the script's own folder from the import path.
-_HERE = __import__("os").path.dirname(__file__) or "."
+_HERE = os.path.dirname(__file__) or "."
 sys.path[:] = [p for p in sys.path if p not in ("", _HERE)]
 
+
+
+def _preflight(argv: list[str]) -> None:
+    """Fail in milliseconds, before torch is imported, on a config that cannot load."""
+    if "--config-json" not in argv or argv.index("--config-json") + 1 >= len(argv):
+        return  # argparse reports it
+    try:
+        with open(argv[argv.index("--config-json") + 1], encoding="utf-8") as handle:
+            cfg = json.load(handle)
+    except (OSError, ValueError) as exc:
+        sys.exit(f"owllm-server: cannot read the config: {exc}")
+    for key, marker in (("model_path", "config.json"), ("adapter_dir", "adapter_config.json")):
+        path = cfg.get(key)
+        # a relative "org/name" may be a hub id; the launcher hands local paths in absolute
+        if isinstance(path, str) and path.startswith(("/", ".", "~")):
+            full = os.path.join(os.path.expanduser(path), marker)
+            if not os.path.isfile(full):
+                sys.exit(f"owllm-server: {key} {path!r} is not usable: {full} does not exist")
+
+
+if __name__ == "__main__":
+    _preflight(sys.argv[1:])
 print("owllm-server: importing torch and transformers", flush=True)
 import torch  # noqa: E402
 import uvicorn  # noqa: E402
@@ -194,29 +216,27 @@ class Engine:
 
     # -- constrained decoding ----------------------------------------------------------------
 
-    def matcher(self, response_format: dict[str, Any] | None) -> Any:
-        if not response_format or response_format.get("type") == "text":
-            return None
+    def matcher(self, response_format: dict[str, Any] | None,
+                forced: dict[str, Any] | None = None) -> Any:
+        """An llguidance matcher for the response format (or a forced tool-call schema)."""
         import llguidance
         import llguidance.hf
 
-        kind = response_format.get("type")
-        if kind == "json_object":
-            schema: dict[str, Any] = {"type": "object"}
-        elif kind == "json_schema":
-            spec = response_format.get("json_schema") or {}
-            schema = spec.get("schema") if isinstance(spec, dict) else None  # type: ignore[assignment]
-            if not isinstance(schema, dict):
-                raise ApiError(400, "response_format.json_schema.schema must be an object",
-                               "response_format")
+        if forced is not None:
+            schema = forced
+        elif not response_format or response_format.get("type") == "text":
+            return None
         else:
-            raise ApiError(400, f"unsupported response_format type {kind!r}", "response_format")
+            schema = _format_schema(response_format)
         if self.ll_tokenizer is None:
             self.ll_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer)
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(
-            schema, defaults={"whitespace_flexible": False})
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
-            grammar, self.ll_tokenizer)
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(
+                schema, defaults={"whitespace_flexible": False})
+            is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+                grammar, self.ll_tokenizer)
+        except Exception as exc:  # llguidance rejects some schemas while compiling them
+            is_error, messages = True, [str(exc)]
         if is_error:
             raise ApiError(400, f"response_format schema is not usable: {messages[0]}",
                            "response_format")
@@ -290,6 +310,40 @@ class Engine:
             sorted_probs = sorted_probs * keep
             probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
         return int(torch.multinomial(probs / probs.sum(), 1, generator=generator).item())
+
+
+def _format_schema(response_format: dict[str, Any]) -> dict[str, Any]:
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind != "json_schema":
+        raise ApiError(400, f"unsupported response_format type {kind!r}", "response_format")
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise ApiError(400, "response_format.json_schema.schema must be an object",
+                       "response_format")
+    return schema
+
+
+def tool_call_schema(tools: list[dict[str, Any]], choice: Any) -> dict[str, Any] | None:
+    """tool_choice "required" or a named function → the JSON schema of one call envelope."""
+    if choice != "required" and not isinstance(choice, dict):
+        return None  # "auto" / "none" / omitted: the model decides freely
+    wanted = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    options = []
+    for tool in tools:
+        fn = tool.get("function", tool)
+        if wanted is not None and fn.get("name") != wanted:
+            continue
+        options.append({"type": "object", "additionalProperties": False,
+                        "required": ["tool", "args", "id"], "properties": {
+                            "tool": {"const": fn.get("name")},
+                            "args": fn.get("parameters") or {"type": "object"},
+                            "id": {"type": "string", "pattern": "^call_[0-9]{1,3}$"}}})
+    if not options:
+        raise ApiError(400, f"tool_choice names no tool in tools: {wanted!r}", "tool_choice")
+    return options[0] if len(options) == 1 else {"anyOf": options}
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:
@@ -386,7 +440,7 @@ def create_app(engine: Engine) -> FastAPI:
         }
 
     def run(request: Sampling, prompt: str, chat: bool, max_tokens: int | None,
-            tools: bool) -> Any:
+            tools: bool, forced: dict[str, Any] | None = None) -> Any:
         if not engine.ready:
             raise ApiError(503, "model is still loading", kind="server_error")
         params = check(request, max_tokens)
@@ -395,7 +449,7 @@ def create_app(engine: Engine) -> FastAPI:
             raise ApiError(400, f"prompt ({len(prompt_ids)} tokens) + max_tokens "
                                 f"({params['max_tokens']}) exceeds the model's context length "
                                 f"{engine.max_len}", "max_tokens", "context_length_exceeded")
-        matcher = engine.matcher(request.response_format)
+        matcher = engine.matcher(request.response_format, forced)
         created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         kind = "chat.completion" if chat else "text_completion"
         gen = engine.generate(prompt_ids, params["max_tokens"], params["temperature"],
@@ -460,8 +514,9 @@ def create_app(engine: Engine) -> FastAPI:
     @app.post("/v1/chat/completions")
     def chat(request: ChatRequest) -> Any:
         tools = bool(request.tools) and request.tool_choice != "none"
+        forced = tool_call_schema(request.tools or [], request.tool_choice) if tools else None
         return run(request, engine.chat_prompt(request), True,
-                   request.max_completion_tokens or request.max_tokens, tools)
+                   request.max_completion_tokens or request.max_tokens, tools, forced)
 
     @app.post("/v1/completions")
     def completions(request: CompletionRequest) -> Any:
@@ -476,20 +531,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    try:
-        with open(args.config_json, encoding="utf-8") as handle:
-            config = json.load(handle)
-        engine = Engine(config)
-        engine.load()
-    except Exception as exc:  # a bad model path or adapter: say so and exit non-zero
-        print(f"owllm-server: cannot load model: {type(exc).__name__}: {exc}", file=sys.stderr,
-              flush=True)
-        return 1
+    with open(args.config_json, encoding="utf-8") as handle:
+        engine = Engine(json.load(handle))
+    # Serve first (so /health answers 503 while loading), load in a daemon thread: a SIGTERM
+    # during the load then exits at once through uvicorn's own signal handling.
     server = uvicorn.Server(uvicorn.Config(create_app(engine), host=args.host, port=args.port,
                                            log_level="warning", access_log=False))
-    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
+    failed: list[str] = []
+
+    def load() -> None:
+        try:
+            engine.load()
+        except BaseException as exc:  # a bad model or adapter: say so, then exit non-zero
+            failed.append(f"owllm-server: cannot load model: {type(exc).__name__}: {exc}")
+            print(failed[-1], file=sys.stderr, flush=True)
+            server.should_exit = True
+
+    threading.Thread(target=load, name="owllm-load", daemon=True).start()
     server.run()
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

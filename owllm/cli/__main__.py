@@ -1,0 +1,5 @@
+import sys
+
+from owllm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,47 @@
+"""The README's main job, run exactly as a user runs it (fresh home): `owllm model smoke demo`
+and `owllm tools smoke demo` print the guide's JSON and stop what they started."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "owllm", *args], capture_output=True,
+                          text=True, timeout=600, cwd=REPO)
+
+
+def test_model_and_tools_smoke_of_the_demo_model(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    model = run("model", "smoke", "demo", "--home", home, "--json")
+    assert model.returncode == 0, model.stdout + model.stderr
+    result = json.loads(model.stdout)
+    assert {k: result[k] for k in ("model_id", "status", "server_started", "health_ok",
+                                   "generate_ok", "errors")} == {
+        "model_id": "demo", "status": "PASS", "server_started": True, "health_ok": True,
+        "generate_ok": True, "errors": []}
+    assert result["startup_s"] > 0 and result["tokens_per_s"] > 0
+    assert 0 < result["first_token_s"] < 30
+
+    tools = run("tools", "smoke", "demo", "--home", home, "--json")
+    assert tools.returncode == 0, tools.stdout + tools.stderr
+    outcome = json.loads(tools.stdout)
+    assert {k: outcome[k] for k in ("model_id", "status", "server_started", "tool_server_ok",
+                                    "tool_call_detected", "tool_executed", "errors")} == {
+        "model_id": "demo", "status": "PASS", "server_started": True, "tool_server_ok": True,
+        "tool_call_detected": True, "tool_executed": True, "errors": []}
+    assert outcome["call"]["tool"] == "calculator"
+    assert isinstance(outcome["result"], (int, float))
+
+    status = json.loads(run("server", "status", "--home", home, "--json").stdout)
+    assert [s["status"] for s in status] == ["STOPPED"]  # the smokes stopped their servers
+    assert not psutil.pid_exists(status[0]["pid"])
