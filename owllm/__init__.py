@@ -5,6 +5,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from owllm.config import Config, ModelConfig, load_config
+from owllm.envs import EnvRegistry, EnvSpec
 from owllm.errors import (
     ConfigError,
     EnvError,
@@ -14,7 +15,6 @@ from owllm.errors import (
     StateStoreError,
     UsageError,
 )
-from owllm.envs import EnvRegistry, EnvSpec
 from owllm.paths import Home, resolve_home
 from owllm.servers import LLMServerManager, get_llm_server_manager
 from owllm.state_store import StateStore, get_state_store
@@ -25,8 +25,8 @@ __all__ = [
     "EnvError",
     "EnvRegistry",
     "EnvSpec",
-    "LLMServerManager",
     "Home",
+    "LLMServerManager",
     "ModelConfig",
     "OwllmError",
     "ServerError",

@@ -156,16 +156,17 @@ def _walk(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], i
             line = key_node.start_mark.line + 1
             if key in seen:
                 what = "model id" if path == ("models",) else "key"
-                problems.append((path + (key,), f"duplicate {what} {key!r} (first defined at line {seen[key]})"))
-                lines.setdefault(path + (key, "#dup"), line)
+                problems.append(((*path, key),
+                                 f"duplicate {what} {key!r} (first defined at line {seen[key]})"))
+                lines.setdefault((*path, key, "#dup"), line)
                 continue
             seen[key] = line
-            lines[path + (key,)] = line
-            _walk(value_node, path + (key,), lines, problems)
+            lines[(*path, key)] = line
+            _walk(value_node, (*path, key), lines, problems)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            lines[path + (index,)] = item.start_mark.line + 1
-            _walk(item, path + (index,), lines, problems)
+            lines[(*path, index)] = item.start_mark.line + 1
+            _walk(item, (*path, index), lines, problems)
 
 
 def _dotted(path: tuple[Any, ...]) -> str:
@@ -190,12 +191,12 @@ def _message(error: jsonschema.ValidationError) -> tuple[tuple[Any, ...], str]:
         extra = sorted(set(error.instance) - set(allowed))
         if extra and allowed:
             key = extra[0]
-            return path + (key,), f"unknown key {key!r} (allowed: {', '.join(allowed)})"
+            return (*path, key), f"unknown key {key!r} (allowed: {', '.join(allowed)})"
     if error.validator == "required":
         missing = str(error.message).split("'")[1] if "'" in error.message else error.message
         return path, f"missing required key {missing!r}"
     if "propertyNames" in error.absolute_schema_path:
-        return path + (error.instance,), (
+        return (*path, error.instance), (
             f"invalid model id {error.instance!r}: use letters, digits, '_', '.', '-' "
             "(starting with a letter or digit, at most 64 characters)"
         )
@@ -242,7 +243,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if found:
         located = []
         for err_path, message in found:
-            line = lines.get(err_path + ("#dup",)) or _line_for(err_path, lines)
+            line = lines.get((*err_path, "#dup")) or _line_for(err_path, lines)
             prefix = f"{shown}:{line}" if line else shown
             located.append((line or 0, f"{prefix}: {_dotted(err_path)}: {message}"))
         raise ConfigError(shown, [text for _, text in sorted(located, key=lambda item: item[0])])
@@ -251,9 +252,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         model_id: _model(model_id, entry or {}, lines.get(("models", model_id)))
         for model_id, entry in data["models"].items()
     }
-    tools = tuple(ToolEntry(**{**t, "parameters": t.get("parameters")}) for t in data.get("tools", []))
+    tools = tuple(ToolEntry(**t) for t in data.get("tools", []))
     server = ToolServerSettings(**data.get("tool_server", {}))
-    return Config(path=path.resolve(), models=MappingProxyType(models), tools=tools, tool_server=server)
+    return Config(path=path.resolve(), models=MappingProxyType(models), tools=tools,
+                  tool_server=server)
 
 
 def _model(model_id: str, entry: Mapping[str, Any], line: int | None) -> ModelConfig:

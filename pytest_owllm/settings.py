@@ -39,7 +39,7 @@ def add_options(parser: pytest.Parser) -> None:
                             help=help_text)
         else:
             group.addoption(option, default=None, dest=ini, metavar="PATH", help=help_text)
-        parser.addini(ini, help=help_text, type=kind, default=None)
+        parser.addini(ini, help=help_text, type=kind, default=None)  # type: ignore[arg-type]
 
 
 def _get(config: pytest.Config, name: str) -> object:
@@ -54,7 +54,7 @@ def resolve(config: pytest.Config) -> OwllmSettings:
     if not config_path.is_absolute():
         config_path = (config.invocation_params.dir / config_path).resolve()
     home = _get(config, "owllm_home")
-    models = tuple(_get(config, "owllm_models") or ())  # type: ignore[arg-type]
+    models: tuple[str, ...] = tuple(_get(config, "owllm_models") or ())  # type: ignore[arg-type]
     return OwllmSettings(
         config_path=config_path,
         models=models,

@@ -49,7 +49,8 @@ class Backend(Protocol):
     name: str
     capabilities: Capabilities
 
-    def model_path(self, model: ModelConfig, home: Home, env: EnvSpec, base_dir: Path) -> Path | str:
+    def model_path(self, model: ModelConfig, home: Home, env: EnvSpec,
+                   base_dir: Path) -> Path | str:
         """Materialize or locate the weights the server loads (demo models, conversions)."""
         ...
 

@@ -23,6 +23,7 @@ FILE: {"model_id", "model_path", "model_type": "instruct"|"base", "system_prompt
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -132,12 +133,14 @@ class Engine:
     ready: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    @property
+    @functools.cached_property
     def _cache_arg(self) -> str:
         """transformers 5.x renamed ``past_key_values`` to ``cache``; accept both."""
         import inspect
 
-        params = inspect.signature(self.model.forward).parameters
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") \
+            else self.model  # PeftModel.forward takes **kwargs: look at the model under it
+        params = inspect.signature(base.forward).parameters
         return "cache" if "cache" in params else "past_key_values"
 
     @property
@@ -262,7 +265,7 @@ class Engine:
         with torch.inference_mode():
             for step in range(max_tokens):
                 result = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: past})
-                past = getattr(result, "past_key_values", None) or getattr(result, "cache", None)
+                past = getattr(result, "cache", None) or getattr(result, "past_key_values", None)
                 logits = result.logits[0, -1, :].float().cpu()
                 if matcher is not None:
                     if matcher.is_stopped():

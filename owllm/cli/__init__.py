@@ -35,10 +35,6 @@ COMMANDS: tuple[tuple[str, str], ...] = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on usage errors, which is our code too; keep its message format."""
-
-
 def _global_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
@@ -51,9 +47,11 @@ def _global_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """argparse exits 2 on usage errors, which is our code for them too."""
     common = _global_options()
-    parser = _Parser(prog="owllm", description="OWLLM: reliability layer for self-hosted LLMs",
-                     parents=[common])
+    parser = argparse.ArgumentParser(
+        prog="owllm", description="OWLLM: reliability layer for self-hosted LLMs",
+        parents=[common])
     parser.add_argument("--version", action="version", version=f"owllm {__version__}")
     sub = parser.add_subparsers(dest="group", metavar="COMMAND")
     sub.required = True
