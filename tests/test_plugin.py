@@ -82,6 +82,16 @@ def test_owllm_model_filters(project: pytest.Pytester) -> None:
                          for i in items)
 
 
+def test_ini_keys_work_like_the_options(project: pytest.Pytester) -> None:
+    project.makeini("[pytest]\nowllm_models = tiny_a\nowllm_keep_servers = false\n")
+    result = project.runpytest_subprocess("--collect-only", "-q")
+    items = [line for line in result.outlines if "::" in line]
+    assert items and all("tiny_a" in i or "torch-cpu-transformers" in i for i in items)
+    overridden = project.runpytest_subprocess("--collect-only", "-q", "--owllm-model", "tiny_b")
+    assert any("tiny_b" in line for line in overridden.outlines)
+    assert not any("[tiny_a]" in line for line in overridden.outlines)
+
+
 def test_unknown_model_is_a_usage_error(project: pytest.Pytester) -> None:
     result = project.runpytest_subprocess("--owllm-model", "nope")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

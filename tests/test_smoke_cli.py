@@ -45,3 +45,20 @@ def test_model_and_tools_smoke_of_the_demo_model(tmp_path: Path) -> None:
     status = json.loads(run("server", "status", "--home", home, "--json").stdout)
     assert [s["status"] for s in status] == ["STOPPED"]  # the smokes stopped their servers
     assert not psutil.pid_exists(status[0]["pid"])
+
+
+def test_server_start_logs_stop(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    started = run("server", "start", "demo", "--home", home, "--json")
+    assert started.returncode == 0, started.stderr
+    row = json.loads(started.stdout)
+    try:
+        assert row["status"] == "RUNNING" and psutil.pid_exists(row["pid"])
+        logs = run("server", "logs", "demo", "--home", home)
+        assert "owllm-server: ready" in logs.stdout
+        listed = json.loads(run("server", "status", "--home", home, "--json").stdout)
+        assert [(s["model_id"], s["status"], s["healthy"]) for s in listed] == [
+            ("demo", "RUNNING", True)]
+    finally:
+        stopped = json.loads(run("server", "stop", "demo", "--home", home, "--json").stdout)
+    assert stopped["status"] == "STOPPED" and not psutil.pid_exists(row["pid"])
