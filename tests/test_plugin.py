@@ -6,10 +6,10 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import psutil
 import pytest
 
 from owllm.state_store import StateStore
+from tests.procs import gone
 
 REPO = Path(__file__).resolve().parents[1]
 SUITES = REPO / "model_suites"
@@ -127,7 +127,7 @@ def test_xdist_run_starts_each_server_once_and_reports(project: pytest.Pytester,
     for model_id in ("tiny_a", "tiny_b"):
         row = store.get_server(model_id)
         assert row["status"] == "STOPPED"  # the run stopped what it started
-        assert not psutil.pid_exists(row["pid"])
+        assert gone(row["pid"], row["pid_create_time"])
 
 
 def test_server_that_cannot_start_fails_with_its_log(project: pytest.Pytester) -> None:

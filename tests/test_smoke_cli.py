@@ -11,6 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.procs import gone
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -44,7 +46,7 @@ def test_model_and_tools_smoke_of_the_demo_model(tmp_path: Path) -> None:
 
     status = json.loads(run("server", "status", "--home", home, "--json").stdout)
     assert [s["status"] for s in status] == ["STOPPED"]  # the smokes stopped their servers
-    assert not psutil.pid_exists(status[0]["pid"])
+    assert gone(status[0]["pid"])
 
 
 def test_server_start_logs_stop(tmp_path: Path) -> None:
@@ -61,4 +63,4 @@ def test_server_start_logs_stop(tmp_path: Path) -> None:
             ("demo", "RUNNING", True)]
     finally:
         stopped = json.loads(run("server", "stop", "demo", "--home", home, "--json").stdout)
-    assert stopped["status"] == "STOPPED" and not psutil.pid_exists(row["pid"])
+    assert stopped["status"] == "STOPPED" and gone(row["pid"])

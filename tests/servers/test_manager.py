@@ -17,6 +17,7 @@ import pytest
 
 from owllm.errors import ServerError, ServerStartTimeout
 from owllm.servers.manager import LLMServerManager
+from tests.procs import gone
 from tests.servers.conftest import StubBackend, make_config, make_manager
 
 
@@ -106,8 +107,7 @@ def test_stall_timer_kills_the_group(manager: LLMServerManager) -> None:
     with pytest.raises(ServerStartTimeout, match="made no progress for 2s"):
         manager.start_server("stalls")
     row = manager.store.get_server("stalls")
-    assert (row["status"] == "FAILED" and not psutil.pid_exists(row["pid"])) or \
-        psutil.Process(row["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert row["status"] == "FAILED" and gone(row["pid"])
 
 
 def test_overall_deadline_even_while_logging(manager: LLMServerManager) -> None:
@@ -221,4 +221,4 @@ def test_kill_9_of_the_managing_process_then_status_reconciles(
         proc.kill()
         manager.stop_all()
     assert manager.store.get_server(model_id)["status"] == "STOPPED"
-    assert not psutil.pid_exists(row["pid"])
+    assert gone(row["pid"])

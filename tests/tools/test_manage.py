@@ -14,6 +14,7 @@ import psutil
 
 from owllm.paths import Home
 from owllm.tools.manage import tool_server_status
+from tests.procs import gone
 
 
 def owllm(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -38,7 +39,7 @@ def test_serve_status_stop_round_trip(tmp_home: Path) -> None:
     assert status["status"] == "RUNNING" and status["healthy"] is True
 
     stopped = json.loads(owllm(tmp_home, "tools", "stop").stdout)
-    assert stopped["status"] == "STOPPED" and not psutil.pid_exists(info["pid"])
+    assert stopped["status"] == "STOPPED" and gone(info["pid"])
     assert json.loads(owllm(tmp_home, "tools", "status").stdout)["status"] == "STOPPED"
 
 
