@@ -22,7 +22,15 @@ from owllm.envs import EnvRegistry
 from owllm.errors import ServerError
 from owllm.paths import Home, resolve_home
 from owllm.servers.ports import LIVE_STATUSES, choose_port
-from owllm.servers.process import Identity, identity_of, kill_group, launch, tail, wait_ready
+from owllm.servers.process import (
+    identity_from_row,
+    identity_of,
+    kill_group,
+    launch,
+    probe_health,
+    tail,
+    wait_ready,
+)
 from owllm.state_store import (
     SERVER_CRASHED,
     SERVER_FAILED,
@@ -34,20 +42,6 @@ from owllm.state_store import (
 )
 
 HOST = "127.0.0.1"
-
-
-def _identity(row: dict[str, Any]) -> Identity | None:
-    if not row.get("pid") or row.get("pid_create_time") is None:
-        return None
-    return Identity(pid=row["pid"], pgid=row.get("pgid") or row["pid"],
-                    create_time=row["pid_create_time"])
-
-
-def probe_health(url: str, path: str = "/health", timeout: float = 2.0) -> bool:
-    try:
-        return httpx.get(url + path, timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def probe_completion(url: str, model_id: str, timeout: float = 30.0) -> bool:
@@ -160,7 +154,7 @@ class LLMServerManager:
             return self._stop(row)
 
     def _stop(self, row: dict[str, Any]) -> dict[str, Any]:
-        ident = _identity(row)
+        ident = identity_from_row(row)
         if ident is not None and ident.alive():
             kill_group(ident.pgid, ident.pid)
         child = self._children.pop(row["model_id"], None)
@@ -186,7 +180,7 @@ class LLMServerManager:
         if row is None:
             return None
         url = row.get("url") or (f"http://{row['host']}:{row['port']}" if row.get("port") else "")
-        ident = _identity(row)
+        ident = identity_from_row(row)
         alive = ident is not None and ident.alive()
         status = row["status"]
         healthy = bool(url) and alive and probe_health(url)

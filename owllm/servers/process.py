@@ -42,6 +42,25 @@ class Identity:
             return False
 
 
+def identity_from_row(row: dict[str, object]) -> Identity | None:
+    """The identity a StateStore server row recorded (None before the process started)."""
+    pid, created = row.get("pid"), row.get("pid_create_time")
+    if not isinstance(pid, int) or not isinstance(created, float):
+        return None
+    pgid = row.get("pgid")
+    return Identity(pid=pid, pgid=pgid if isinstance(pgid, int) else pid, create_time=created)
+
+
+def probe_health(url: str, path: str = "/health", timeout: float = 2.0) -> bool:
+    """True when ``url + path`` answers 200."""
+    import httpx
+
+    try:
+        return httpx.get(url + path, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def identity_of(pid: int) -> Identity:
     proc = psutil.Process(pid)
     return Identity(pid=pid, pgid=os.getpgid(pid), create_time=proc.create_time())

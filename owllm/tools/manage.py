@@ -11,12 +11,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 from filelock import FileLock
 
 from owllm.config import Config
 from owllm.paths import Home
-from owllm.servers.process import Identity, identity_of, kill_group, launch, wait_ready
+from owllm.servers.process import (
+    identity_from_row,
+    identity_of,
+    kill_group,
+    launch,
+    probe_health,
+    wait_ready,
+)
 from owllm.state_store import (
     SERVER_CRASHED,
     SERVER_FAILED,
@@ -30,31 +36,18 @@ NAME = "tool-server"
 STARTUP_DEADLINE_S = 60.0
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url + "/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _identity(row: dict[str, Any]) -> Identity | None:
-    if not row.get("pid") or row.get("pid_create_time") is None:
-        return None
-    return Identity(row["pid"], row.get("pgid") or row["pid"], row["pid_create_time"])
-
-
 def tool_server_status(home: Home) -> dict[str, Any] | None:
     """The reconciled StateStore row of the home's tool server (None if never started)."""
     store = StateStore(home.state_db)
     row = store.get_server(NAME)
     if row is None:
         return None
-    ident = _identity(row)
+    ident = identity_from_row(row)
     alive = ident is not None and ident.alive()
     if row["status"] == SERVER_RUNNING and not alive:
         row = store.upsert_server(NAME, status=SERVER_CRASHED, stopped_at=now_iso(),
                                   last_error="tool server process is gone")
-    row["healthy"] = alive and bool(row.get("url")) and _healthy(row["url"])
+    row["healthy"] = alive and bool(row.get("url")) and probe_health(row["url"])
     return row
 
 
@@ -114,7 +107,7 @@ def start_tool_server(home: Home, config: Config | None = None, host: str | None
                     info.update(json.loads(ready_file.read_text(encoding="utf-8")))
                 except (OSError, ValueError):
                     return False
-            return _healthy(info["url"])
+            return probe_health(info["url"])
 
         try:
             wait_ready(proc, ready, log_path, deadline_s=STARTUP_DEADLINE_S,
@@ -137,7 +130,7 @@ def stop_tool_server(home: Home) -> dict[str, Any] | None:
         row = store.get_server(NAME)
         if row is None:
             return None
-        ident = _identity(row)
+        ident = identity_from_row(row)
         if ident is not None and ident.alive():
             kill_group(ident.pgid, ident.pid)
         return store.upsert_server(NAME, status=SERVER_STOPPED, stopped_at=now_iso())
