@@ -1,97 +1,173 @@
-"""Serving overhead of the transformers backend, as ratios measured in one run:
+"""Our transformers server against bare transformers, measured in the same run on the demo model.
 
-* start → healthy of our server against a bare script that imports torch + transformers and
-  loads the same model (the floor any server pays);
-* tokens/s through the server (HTTP, greedy, same max_tokens) against in-process generation
-  with the same engine settings;
-* constrained (json_schema) against free decoding, per generated token.
+* start-to-healthy: launching ``transformers_server.py`` until ``/health`` is 200, against a bare
+  script that imports torch + transformers, loads the same model and runs one forward pass;
+* tokens/s: greedy ``/v1/completions`` through HTTP against in-process ``model.generate`` with
+  the same prompt, token budget and greedy decoding;
+* constrained decoding: seconds per token with a ``json_schema`` response format against free
+  decoding, both through the server.
 
-Run: python bench/serve.py   (uses the demo model, in a temp home)
+    python bench/serve.py [--tokens 64] [--repeats 3] [--model-dir DIR]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from owllm.backends.transformers import materialize_demo
 from owllm.envs import EnvRegistry
-from owllm.paths import Home
-from owllm.servers.manager import LLMServerManager
 
-MAX_TOKENS = 64
-ROUNDS = 5
-BARE = """
-import time, sys
-t = time.perf_counter()
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-tok = AutoTokenizer.from_pretrained(sys.argv[1])
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
-ids = tok("Hello", return_tensors="pt").input_ids
+REPO = Path(__file__).resolve().parents[1]
+SERVER = REPO / "owllm" / "backends" / "transformers_server.py"
+BUILDER = REPO / "owllm" / "demo_model.py"
+SCHEMA = {"type": "object", "properties": {
+    "answer": {"type": "integer", "minimum": 0, "maximum": 999},
+    "unit": {"enum": ["cm", "kg", "s"]}, "note": {"type": "string", "maxLength": 40}},
+    "required": ["answer", "unit", "note"], "additionalProperties": False}
+
+BARE_LOAD = """
+import sys, torch, transformers
+tok = transformers.AutoTokenizer.from_pretrained(sys.argv[1])
+model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
 with torch.inference_mode():
-    model(input_ids=ids)
-    load = time.perf_counter() - t
-    t = time.perf_counter()
-    n = 0
-    for _ in range({rounds}):
-        out = model.generate(ids, max_new_tokens={max_tokens}, min_new_tokens={max_tokens},
-                             do_sample=False)
-        n += out.shape[1] - ids.shape[1]
-    print(load, n / (time.perf_counter() - t))
+    model(**tok("Hello", return_tensors="pt"))
 """
-SCHEMA = {"type": "object", "additionalProperties": False, "required": ["items"],
-          "properties": {"items": {"type": "array", "items": {"type": "integer"}}}}
+
+BARE_GENERATE = """
+import json, sys, time, torch, transformers
+path, prompt, n, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+tok = transformers.AutoTokenizer.from_pretrained(path)
+model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+ids = tok(prompt, return_tensors="pt")
+model.generate(**ids, max_new_tokens=2, do_sample=False)
+rates = []
+for _ in range(repeats):
+    start = time.perf_counter()
+    out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
+    rates.append((out.shape[1] - ids["input_ids"].shape[1]) / (time.perf_counter() - start))
+print(json.dumps({"rates": rates}))
+"""
 
 
-def tokens_per_s(url: str, constrained: bool) -> float:
-    body = {"prompt": "Hello", "max_tokens": MAX_TOKENS, "temperature": 0}
-    if constrained:
-        body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": MAX_TOKENS,
-                "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {
-                    "name": "x", "schema": SCHEMA}}}
-    path = "/v1/chat/completions" if constrained else "/v1/completions"
-    tokens, start = 0, time.perf_counter()
-    for _ in range(ROUNDS):
-        tokens += httpx.post(url + path, json=body, timeout=300).json()["usage"][
-            "completion_tokens"]
-    return tokens / (time.perf_counter() - start)
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(python: str, model_dir: Path, work: Path) -> tuple[subprocess.Popen[bytes],
+                                                                      str, float]:
+    """Launch the server; return it, its URL and the seconds until /health was 200."""
+    config = work / "server.json"
+    config.write_text(json.dumps({
+        "model_id": "bench", "model_path": str(model_dir), "model_type": "instruct",
+        "system_prompt": "", "adapter_dir": None, "use_4bit": False, "device": "cpu",
+        "dtype": "float32", "generation": {"max_tokens": 64, "temperature": 0.0, "top_p": 1.0},
+        "max_model_len": 1024}))
+    port = free_port()
+    started = time.perf_counter()
+    process = subprocess.Popen([python, str(SERVER), "--config-json", str(config), "--port",
+                                str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited {process.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return process, url, time.perf_counter() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def per_token(url: str, body: dict[str, Any], repeats: int) -> tuple[float, int]:
+    """Median seconds per completion token of `repeats` identical requests."""
+    times, tokens = [], 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        response = httpx.post(url, json=body, timeout=300).json()
+        tokens = response["usage"]["completion_tokens"]
+        times.append((time.perf_counter() - start) / max(tokens, 1))
+    return statistics.median(times), tokens
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        home = Home(root)
-        env = EnvRegistry(home).ensure_env("torch-cpu-transformers")
-        model_dir = materialize_demo("tiny-llama", home, env.python_executable)
-        config = root / "configs" / "llm_backends.yaml"
-        config.parent.mkdir()
-        config.write_text("models:\n  demo:\n    base_model: demo://tiny-llama\n"
-                          "    device: cpu\n")
-        bare = subprocess.run([str(env.python_executable), "-c",
-                               BARE.format(rounds=ROUNDS, max_tokens=MAX_TOKENS),
-                               str(model_dir)], capture_output=True, text=True, check=True)
-        bare_load, bare_tps = map(float, bare.stdout.split())
-        manager = LLMServerManager(config, home=home)
-        start = time.perf_counter()
-        row = manager.start_server("demo")
-        server_start = time.perf_counter() - start
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument("--home", default=str(Path.home() / ".cache" / "owllm-tests" / "home"))
+    args = parser.parse_args()
+    python = str(EnvRegistry(home=args.home).ensure_env("torch-cpu-transformers")
+                 .python_executable)
+    with tempfile.TemporaryDirectory(prefix="owllm-bench-") as tmp:
+        work = Path(tmp)
+        model_dir = args.model_dir or work / "model"
+        subprocess.run([python, str(BUILDER), "--out", str(model_dir)], check=True,
+                       capture_output=True)
+        prompt = "Once upon a time"
+
+        loads = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            subprocess.run([python, "-c", BARE_LOAD, str(model_dir)], check=True,
+                           capture_output=True)
+            loads.append(time.perf_counter() - start)
+        bare = subprocess.run([python, "-c", BARE_GENERATE, str(model_dir), prompt,
+                               str(args.tokens), str(args.repeats)], check=True,
+                              capture_output=True, text=True)
+        bare_rate = statistics.median(json.loads(bare.stdout.strip().splitlines()[-1])["rates"])
+
+        readies = []
+        for _ in range(args.repeats - 1):
+            process, _, ready = start_server(python, model_dir, work)
+            readies.append(ready)
+            stop(process)
+        process, url, ready = start_server(python, model_dir, work)
+        readies.append(ready)
         try:
-            tokens_per_s(row["url"], False)  # warm the HTTP path
-            free = tokens_per_s(row["url"], False)
-            constrained = tokens_per_s(row["url"], True)
+            free_body = {"prompt": prompt, "max_tokens": args.tokens, "temperature": 0}
+            free, free_tokens = per_token(url + "/v1/completions", free_body, args.repeats)
+            schema_body = {"messages": [{"role": "user", "content": prompt}],
+                           "max_tokens": args.tokens, "temperature": 0,
+                           "response_format": {"type": "json_schema", "json_schema": {
+                               "name": "b", "schema": SCHEMA}}}
+            plain_body = {k: v for k, v in schema_body.items() if k != "response_format"}
+            chat_free, _ = per_token(url + "/v1/chat/completions", plain_body, args.repeats)
+            constrained, c_tokens = per_token(url + "/v1/chat/completions", schema_body,
+                                              args.repeats)
         finally:
-            manager.stop_all()
-    print(f"start→healthy: server {server_start:.2f}s, bare load {bare_load:.2f}s, "
-          f"ratio {server_start / bare_load:.2f}")
-    print(f"tokens/s: server {free:.0f}, in-process generate {bare_tps:.0f}, "
-          f"ratio {free / bare_tps:.2f}")
-    print(f"per-token: constrained {constrained:.0f} tok/s vs free {free:.0f} tok/s, "
-          f"ratio {constrained / free:.2f}")
+            stop(process)
+
+    server_rate = 1.0 / free
+    load, ready = statistics.median(loads), statistics.median(readies)
+    print(f"start-to-healthy   server {ready:7.2f} s   bare load+forward {load:7.2f} s   "
+          f"ratio {ready / load:5.2f}x")
+    print(f"tokens/s           server {server_rate:7.1f}     in-process generate {bare_rate:7.1f}"
+          f"     ratio {server_rate / bare_rate:5.2f}x  ({free_tokens} tokens, HTTP included)")
+    print(f"s/token            constrained {constrained * 1000:6.2f} ms ({c_tokens} tokens)   "
+          f"free {chat_free * 1000:6.2f} ms   ratio {constrained / chat_free:5.2f}x")
 
 
 if __name__ == "__main__":

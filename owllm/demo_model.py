@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 BUILDER_VERSION = 1
 MARKER = ".owllm-demo.json"
@@ -57,6 +58,14 @@ CHAT_TEMPLATE = (
 )
 
 
+def _train_sp(spm: Any) -> None:
+    spm.SentencePieceTrainer.train(
+        input="corpus.txt", model_prefix="sp", vocab_size=VOCAB_SIZE, model_type="bpe",
+        character_coverage=1.0, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        hard_vocab_limit=False, num_threads=1, minloglevel=2, split_digits=True,
+    )
+
+
 def train_tokenizer(workdir: Path) -> Path:
     """Train the SentencePiece model; return the folder holding the HF tokenizer files."""
     import sentencepiece as spm
@@ -67,11 +76,14 @@ def train_tokenizer(workdir: Path) -> Path:
     corpus = workdir / "corpus.txt"
     corpus.write_text(CORPUS * 20, encoding="utf-8")
     prefix = workdir / "sp"
-    spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(prefix), vocab_size=VOCAB_SIZE, model_type="bpe",
-        character_coverage=1.0, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        hard_vocab_limit=False, num_threads=1, minloglevel=2, split_digits=True,
-    )
+    # The trainer records its input and output paths inside tokenizer.model: train with
+    # relative names from inside workdir so the bytes do not depend on the temp folder.
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        _train_sp(spm)
+    finally:
+        os.chdir(cwd)
     out = workdir / "tokenizer"
     out.mkdir()
     shutil.copy(f"{prefix}.model", out / "tokenizer.model")
@@ -137,6 +149,8 @@ def _publish(out: Path, build: object) -> None:
     os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the model from other users
     try:
         build(tmp)  # type: ignore[operator]
+        for item in tmp.iterdir():  # safetensors writes 0600; the folder is meant to be shared
+            item.chmod(0o644)
         if out.exists():  # an incomplete or stale folder from an older builder
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -26,6 +26,7 @@ import argparse
 import functools
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -181,10 +182,14 @@ class Engine:
             model = PeftModel.from_pretrained(model, cfg["adapter_dir"])
         self.model = model.eval()
         print("owllm-server: warm-up forward pass and generation", flush=True)
-        # Run the real generation path once (KV cache, sampling, the constraint library's
-        # import) so that the first request is as fast as the next ones.
-        ids = self.tokenizer("Hello").input_ids
-        for _ in self.generate(ids, 2, 0.0, 1.0, 0, [], None):
+        # Run the real generation path once, constrained (KV cache, sampling, llguidance's
+        # tokenizer tables), so that the first request is as fast as the next ones.
+        try:
+            matcher = self.matcher({"type": "json_object"})
+        except Exception as exc:  # plain generation still works; constrained requests 500
+            print(f"owllm-server: constrained decoding unavailable: {exc!r}", flush=True)
+            matcher = None
+        for _ in self.generate(self.tokenizer("Hello").input_ids, 2, 0.0, 1.0, 0, [], matcher):
             pass
         self.ready = True
         print("owllm-server: ready", flush=True)
@@ -448,6 +453,9 @@ def create_app(engine: Engine) -> FastAPI:
             raise ApiError(503, "model is still loading", kind="server_error")
         params = check(request, max_tokens)
         prompt_ids = engine.encode(prompt, chat)
+        if max_tokens is None:  # the configured default shrinks to fit; an explicit one not
+            params["max_tokens"] = max(1, min(params["max_tokens"],
+                                              engine.max_len - len(prompt_ids)))
         if len(prompt_ids) + params["max_tokens"] > engine.max_len:
             raise ApiError(400, f"prompt ({len(prompt_ids)} tokens) + max_tokens "
                                 f"({params['max_tokens']}) exceeds the model's context length "
@@ -551,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
             server.should_exit = True
 
     threading.Thread(target=load, name="owllm-load", daemon=True).start()
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler it
+    # found: make that one a clean exit (status 0) instead of death by signal (-15).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server.run()
     return 1 if failed else 0
 

@@ -285,7 +285,6 @@ def test_lora_changes_output(instruct_server: Server, lora_server: Server) -> No
         instruct_server.complete(**body)["choices"][0]["text"]
 
 
-@pytest.mark.slow
 def test_4bit_loads_and_generates(server_factory: Any, demo_model_dir: Path) -> None:
     server = server_factory("q4", server_config(demo_model_dir, "tiny-q4", use_4bit=True))
     body = server.complete(prompt="Hello", max_tokens=6, temperature=0)
