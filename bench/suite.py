@@ -23,8 +23,10 @@ CONFIG = "models:\n" + "".join(
 
 
 def starts(home: Path) -> int:
+    """Model-server starts (the tool server, also a 'server' event, is left out)."""
     store = StateStore(home / ".owllm" / "state.db")
-    return sum(e["status"] == "STARTING" for e in store.list_events(kind="server", limit=10_000))
+    return sum(e["status"] == "STARTING" and e["subject"] != "tool-server"
+               for e in store.list_events(kind="server", limit=10_000))
 
 
 def run(project: Path, home: Path, workers: int) -> tuple[float, int, int]:
@@ -35,6 +37,8 @@ def run(project: Path, home: Path, workers: int) -> tuple[float, int, int]:
                            "-n", str(workers), "-m", "not gpu", "model_suites"],
                           cwd=project, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], file=sys.stderr)
     return wall, starts(home) - before, proc.returncode
 
 
