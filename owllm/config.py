@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -18,9 +18,8 @@ from types import MappingProxyType
 from typing import Any
 
 import jsonschema
-import yaml
 
-from owllm.errors import ConfigError
+from owllm.yaml_lines import Key, load_validated, schema_message
 
 BACKENDS = ("transformers", "vllm", "llamacpp")
 DEMO_SCHEME = "demo://"
@@ -135,119 +134,27 @@ def config_schema() -> dict[str, Any]:
     return schema
 
 
-# --- YAML with line numbers and duplicate-key detection -------------------------------------
-
-
-def _display(path: Path) -> str:
-    """The path as a person would type it: relative when under the working directory."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def _walk(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int],
-          problems: list[tuple[tuple[Any, ...], str]]) -> None:
-    """Record the line of every path and report duplicate keys (PyYAML keeps the last one)."""
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                what = "model id" if path == ("models",) else "key"
-                problems.append(((*path, key),
-                                 f"duplicate {what} {key!r} (first defined at line {seen[key]})"))
-                lines.setdefault((*path, key, "#dup"), line)
-                continue
-            seen[key] = line
-            lines[(*path, key)] = line
-            _walk(value_node, (*path, key), lines, problems)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines[(*path, index)] = item.start_mark.line + 1
-            _walk(item, (*path, index), lines, problems)
-
-
-def _dotted(path: tuple[Any, ...]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "<top level>"
-
-
-def _line_for(path: tuple[Any, ...], lines: Mapping[tuple[Any, ...], int]) -> int | None:
-    for end in range(len(path), 0, -1):
-        if path[:end] in lines:
-            return lines[path[:end]]
-    return None
-
-
-def _message(error: jsonschema.ValidationError) -> tuple[tuple[Any, ...], str]:
-    """Turn a jsonschema error into (path, message) phrased for a person editing YAML."""
-    path = tuple(error.absolute_path)
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        if extra and allowed:
-            key = extra[0]
-            return (*path, key), f"unknown key {key!r} (allowed: {', '.join(allowed)})"
-    if error.validator == "required":
-        missing = str(error.message).split("'")[1] if "'" in error.message else error.message
-        return path, f"missing required key {missing!r}"
+def _message(error: jsonschema.ValidationError) -> tuple[Key, str]:
+    """Model ids get their own message; everything else is phrased the shared way."""
     if "propertyNames" in error.absolute_schema_path:
-        return (*path, error.instance), (
+        return (*error.absolute_path, error.instance), (
             f"invalid model id {error.instance!r}: use letters, digits, '_', '.', '-' "
             "(starting with a letter or digit, at most 64 characters)"
         )
-    return path, str(error.message)
-
-
-def _iter_schema_errors(data: Any) -> Iterator[jsonschema.ValidationError]:
-    validator = jsonschema.Draft202012Validator(config_schema())
-    yield from sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    return schema_message(error)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read, validate and freeze a config file; raise ConfigError listing every problem."""
     path = Path(path)
-    shown = _display(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(shown, [f"{shown}: file not found"],
-                          hint="pass --config PATH or create configs/llm_backends.yaml") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(shown, [f"{shown}: cannot read: {exc}"]) from exc
-
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{shown}:{mark.line + 1}" if mark is not None else shown
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(shown, [f"{where}: invalid YAML: {problem}"]) from exc
-
-    if node is None or data is None:
-        raise ConfigError(shown, [f"{shown}:1: <top level>: file is empty; expected a mapping "
-                                  "with a 'models' key"])
-    if not isinstance(data, dict):
-        raise ConfigError(shown, [f"{shown}:{node.start_mark.line + 1}: <top level>: expected a "
-                                  f"mapping with a 'models' key, got {type(data).__name__}"])
-
-    lines: dict[tuple[Any, ...], int] = {}
-    found: list[tuple[tuple[Any, ...], str]] = []
-    _walk(node, (), lines, found)
-    found.extend(_message(error) for error in _iter_schema_errors(data))
-    if found:
-        located = []
-        for err_path, message in found:
-            line = lines.get((*err_path, "#dup")) or _line_for(err_path, lines)
-            prefix = f"{shown}:{line}" if line else shown
-            located.append((line or 0, f"{prefix}: {_dotted(err_path)}: {message}"))
-        raise ConfigError(shown, [text for _, text in sorted(located, key=lambda item: item[0])])
-
+    lines: dict[Key, int] = {}
+    data = load_validated(
+        path, config_schema(), "with a 'models' key",
+        hint="the fields are documented in the README (Configuration)",
+        message=_message,
+        duplicate_label=lambda at: "model id" if at == ("models",) else "key",
+        lines=lines,
+    )
     models = {
         model_id: _model(model_id, entry or {}, lines.get(("models", model_id)))
         for model_id, entry in data["models"].items()

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from owllm.config import ConfigError, load_config
+from owllm.config import load_config
+from owllm.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import owllm
-from owllm.envs.yaml_lines import display, load_validated
 from owllm.errors import ConfigError
+from owllm.yaml_lines import display, load_validated
 
 ENVS_FILENAME = "envs.yaml"
 _HINT = "fix the file, or delete it to use OWLLM's default envs.yaml"
@@ -145,7 +145,8 @@ class EnvsConfig:
 def load_envs_config(path: str | Path) -> EnvsConfig:
     """Read and validate an envs.yaml; raise ConfigError listing every problem."""
     path = Path(path)
-    data = load_validated(path, envs_schema(), "envs.yaml with 'version' and 'backends'", _HINT)
+    data = load_validated(path, envs_schema(), "with 'version' and 'backends' (envs.yaml)",
+                          _HINT)
     shown = display(path)
     problems = []
     tags = set(data.get("cuda_tags", ()))
