@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from owllm.config import load_config
 from owllm.errors import ConfigError, UsageError
 from owllm.tools.errors import ToolCallError, ToolSpecError
 from owllm.tools.parser import MAX_TEXT_CHARS, parse_tool_call
-from owllm.tools.registry import load_tools_config
+from owllm.tools.registry import load_tools_config, tools_from_config
 from owllm.tools.specs import ToolSet, compile_tools
 
 
@@ -30,8 +31,9 @@ def register(subparsers: Any, parents: argparse.ArgumentParser | None = None) ->
                     "exits 0 valid, 1 invalid, 2 usage error.")
     validate.add_argument("--tools", metavar="FILE",
                           help="YAML/JSON tool specs (a list, or {tools: [...]}; OpenAI or bare "
-                               "{name, parameters} form, or a tools config with 'function' "
-                               "import paths); default: the built-in and registered tools")
+                               "{name, parameters} form, a tools file with 'callable' import "
+                               "paths, or an OWLLM llm_backends.yaml whose tools: entries are "
+                               "used); default: the built-in and registered tools")
     validate.set_defaults(func=cmd_validate)
 
 
@@ -50,7 +52,10 @@ def load_tool_specs(path: str) -> ToolSet:
     if not isinstance(entries, list):
         raise UsageError(f"--tools {path}: expected a list of tool specs or {{tools: [...]}}")
     try:
-        if any(isinstance(e, dict) and isinstance(e.get("function"), str) for e in entries):
+        if isinstance(data, dict) and "models" in data:  # an OWLLM config: its tools: entries
+            return compile_tools(tools_from_config(load_config(file)))
+        if any(isinstance(e, dict) and isinstance(e.get("function", e.get("callable")), str)
+               for e in entries):
             return compile_tools(load_tools_config(file))
         return compile_tools(entries)
     except (ToolSpecError, ConfigError) as exc:

@@ -6,9 +6,7 @@ process group.  Only one tool server per home."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
@@ -51,23 +49,6 @@ def tool_server_status(home: Home) -> dict[str, Any] | None:
     return row
 
 
-def _tools_config(home: Home, config: Config | None) -> Path | None:
-    """The config's ``tools:`` entries in the tool server's own config format."""
-    if config is None or not config.tools:
-        return None
-    entries = [{k: v for k, v in {"function": t.callable, "name": t.name,
-                                  "description": t.description,
-                                  "parameters": dict(t.parameters) if t.parameters else None
-                                  }.items() if v is not None} for t in config.tools]
-    path = home.state_dir / "run" / "tools.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"python_path": [str(config.home_relative_base)],
-                               "tools": entries}), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def start_tool_server(home: Home, config: Config | None = None, host: str | None = None,
                       port: int | None = None) -> dict[str, Any]:
     """Start the tool server (or return the running, healthy one: ``reused`` is then True)."""
@@ -88,11 +69,8 @@ def start_tool_server(home: Home, config: Config | None = None, host: str | None
         log_path = home.logs_dir / "tool-server.log"
         argv = [sys.executable, "-m", "owllm.tools.server", "--host", host, "--port",
                 str(port), "--ready-file", str(ready_file)]
-        if settings is not None:
-            argv += ["--timeout", str(settings.call_timeout_s)]
-        tools_config = _tools_config(home, config)
-        if tools_config is not None:
-            argv += ["--tools-config", str(tools_config)]
+        if config is not None:  # its tools: entries and tool_server.call_timeout_s
+            argv += ["--config", str(config.path)]
         proc = launch(argv, log_path)
         ident = identity_of(proc.pid)
         store.upsert_server(NAME, kind="tools", status="STARTING", pid=ident.pid,

@@ -300,13 +300,15 @@ def _validate_one(item: Any, base: str, toolset: ToolSet) -> ToolCall:
                             f"unknown tool {name!r} (known: {known})")
     try:
         errors = list(validator.iter_errors(args))
-    except (RecursionError, OverflowError, ValueError, TypeError, MemoryError) as exc:
+        best = best_match(errors) if errors else None
+        failure = _args_error(best, join_path(base, "args")) if best is not None else None
+    except Exception as exc:
+        # A user schema plus hostile args can make jsonschema itself fail (deep recursion,
+        # huge numbers in multipleOf, a format checker bug): still only a ToolCallError.
         raise ToolCallError("constraint", join_path(base, "args"),
                             f"args could not be validated: {type(exc).__name__}") from None
-    if errors:
-        best = best_match(errors)
-        assert best is not None
-        raise _args_error(best, join_path(base, "args"))
+    if failure is not None:
+        raise failure
     return ToolCall(name, args, call_id)
 
 

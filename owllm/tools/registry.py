@@ -4,7 +4,7 @@ A :class:`Tool` is a name, a description, a JSON schema (Draft 2020-12) for its 
 Python callable, called with the validated args as keyword arguments; it returns
 JSON-serialisable data, or raises :class:`~owllm.tools.errors.ToolError` to refuse its args.
 
-Three ways to add tools, all ending in :meth:`ToolRegistry.register`:
+Four ways to add tools, all ending in :meth:`ToolRegistry.register`:
 
 * Python: ``register_tool(func, parameters={...})`` (also a decorator), or ``@tool(...)``
   which turns a function into a :class:`Tool` (still callable) for a registry to pick up.
@@ -12,12 +12,15 @@ Three ways to add tools, all ending in :meth:`ToolRegistry.register`:
 
       python_path: [.]                   # optional, relative to this file
       tools:
-        - function: mypkg.tools:lookup   # "module:attr": a callable or a Tool
+        - callable: mypkg.tools:lookup   # "module:attr": a callable or a Tool ("function:"
+                                         # is accepted too)
           name: lookup                   # default: the function's name
           description: Find a record     # default: the docstring's first line
           parameters: {type: object, properties: {key: {type: string}}, required: [key]}
           timeout: 5                     # seconds, default: the server's
 
+* An OWLLM config's ``tools:`` entries (:class:`owllm.config.ToolEntry`), see
+  :func:`tools_from_config`.
 * Entry points: a distribution declares ``[project.entry-points."owllm.tools"]``
   ``name = "pkg.mod:obj"`` where ``obj`` is a :class:`Tool` or an iterable of them.
 
@@ -37,13 +40,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from owllm.errors import ConfigError
 from owllm.tools.errors import ToolSpecError
 from owllm.tools.specs import ToolSet, compile_tools, normalize_spec
+
+if TYPE_CHECKING:
+    from owllm.config import Config
 
 ENTRY_POINT_GROUP = "owllm.tools"
 log = logging.getLogger("owllm.tools")
@@ -208,7 +214,7 @@ def import_object(path: str) -> Any:
     return obj
 
 
-_ENTRY_KEYS = {"function", "name", "description", "parameters", "timeout"}
+_ENTRY_KEYS = {"function", "callable", "name", "description", "parameters", "timeout"}
 
 
 def _tool_from_entry(entry: Any, where: str) -> Tool:
@@ -218,9 +224,14 @@ def _tool_from_entry(entry: Any, where: str) -> Tool:
     if unknown:
         raise ToolSpecError(f"{where}: unknown key(s) {sorted(unknown)}",
                             hint=f"allowed: {sorted(_ENTRY_KEYS)}")
-    if not isinstance(entry.get("function"), str):
-        raise ToolSpecError(f"{where}.function: required, as \"package.module:function\"")
-    target = import_object(entry["function"])
+    # ``callable`` is the key of llm_backends.yaml's ``tools:`` entries; ``function`` the
+    # original one of standalone tools files.  Both mean the same.
+    if "function" in entry and "callable" in entry:
+        raise ToolSpecError(f"{where}: give either 'function' or 'callable', not both")
+    target_path = entry.get("function", entry.get("callable"))
+    if not isinstance(target_path, str):
+        raise ToolSpecError(f"{where}.callable: required, as \"package.module:function\"")
+    target = import_object(target_path)
     overrides = {k: entry[k] for k in ("name", "description", "parameters", "timeout")
                  if k in entry}
     if isinstance(target, Tool):
@@ -261,6 +272,31 @@ def load_tools_config(path: str | Path) -> list[Tool]:
             problems.append(f"{file}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
     if problems:
         raise ConfigError(str(file), problems)
+    return tools
+
+
+def tools_from_config(config: Config) -> list[Tool]:
+    """The tools of an OWLLM config's ``tools:`` entries (``callable: "pkg.mod:func"`` plus
+    optional name/description/parameters).  The config's home folder (the one holding
+    ``configs/``) goes on ``sys.path`` first so entries can name modules that live there.
+    Raises :class:`ConfigError` listing every bad entry."""
+    base = str(config.home_relative_base)
+    if base not in sys.path:
+        sys.path.insert(0, base)
+    tools: list[Tool] = []
+    problems: list[str] = []
+    for index, entry in enumerate(config.tools):
+        raw = {"callable": entry.callable, "name": entry.name,
+               "description": entry.description,
+               "parameters": dict(entry.parameters) if entry.parameters is not None else None}
+        try:
+            tools.append(_tool_from_entry({k: v for k, v in raw.items() if v is not None},
+                                          f"tools[{index}]"))
+        except ToolSpecError as exc:
+            problems.append(f"{config.path}: {exc.message}"
+                            + (f" ({exc.hint})" if exc.hint else ""))
+    if problems:
+        raise ConfigError(str(config.path), problems)
     return tools
 
 

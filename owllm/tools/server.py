@@ -13,8 +13,13 @@ Endpoints (JSON in and out)::
 
 Run it as a process (what ``owllm tools serve`` launches)::
 
-    python -m owllm.tools.server --host 127.0.0.1 --port 0 [--tools-config FILE]
-                                 [--ready-file PATH] [--timeout S] [--max-body BYTES]
+    python -m owllm.tools.server --host 127.0.0.1 --port 0 [--config PATH]
+                                 [--tools-config FILE] [--call-timeout S]
+                                 [--ready-file PATH] [--max-body BYTES]
+
+``--config`` is an OWLLM config (``llm_backends.yaml``): its ``tools:`` entries are served and
+its ``tool_server.call_timeout_s`` is the default deadline.  ``--tools-config`` is a standalone
+tools file (see :func:`owllm.tools.registry.load_tools_config`).
 
 Once listening it writes ``{"url", "host", "port", "pid"}`` to ``--ready-file`` atomically
 (tmp + ``os.replace``), so a parent that passed ``--port 0`` learns the real port.  SIGTERM or
@@ -40,10 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from owllm import __version__
-from owllm.errors import OwllmError
+from owllm.config import Config, load_config
+from owllm.errors import OwllmError, UsageError
 from owllm.tools.errors import ARGS_CODES, ToolCallError, ToolError, ToolTimeout
 from owllm.tools.parser import ToolCall, parse_tool_call
-from owllm.tools.registry import Tool, ToolRegistry, dumps_result
+from owllm.tools.registry import Tool, ToolRegistry, dumps_result, tools_from_config
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8763
@@ -308,11 +314,16 @@ def write_ready_file(path: str | Path, info: dict[str, Any]) -> None:
     os.replace(tmp, target)
 
 
-def build_registry(tools_config: str | None, entry_points: bool = True) -> ToolRegistry:
-    """Built-ins, then entry-point tools, then the config's tools (later ones win)."""
+def build_registry(tools_config: str | None, entry_points: bool = True,
+                   config: Config | None = None) -> ToolRegistry:
+    """Built-ins, then entry-point tools, then the OWLLM config's ``tools:`` entries, then
+    the tools file's (later ones win)."""
     registry = ToolRegistry(builtins=True)
     if entry_points:
         registry.load_entry_points()
+    if config is not None:
+        for item in tools_from_config(config):
+            registry.register(item, replace=True)
     if tools_config:
         registry.load_config(tools_config)
     return registry
@@ -325,11 +336,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="OWLLM tool server")
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 = a free port")
+    parser.add_argument("--config", metavar="PATH",
+                        help="OWLLM config (llm_backends.yaml): serve its tools: entries; its "
+                             "tool_server.call_timeout_s is the default deadline")
     parser.add_argument("--tools-config", metavar="FILE", help="YAML/JSON file of user tools")
     parser.add_argument("--ready-file", metavar="PATH",
                         help='write {"url","host","port","pid"} here once listening')
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                        help="per-call deadline in seconds (a tool's own timeout wins)")
+    parser.add_argument("--call-timeout", "--timeout", dest="timeout", type=float,
+                        default=None, metavar="S",
+                        help="per-call deadline in seconds (a tool's own timeout wins; "
+                             f"default: the config's, else {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--max-body", type=int, default=MAX_BODY, help="bytes")
     parser.add_argument("--no-entry-points", action="store_true",
                         help=f"do not load tools from the {'owllm.tools'!r} entry points")
@@ -341,8 +357,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        registry = build_registry(args.tools_config, not args.no_entry_points)
-        server = ToolServer(registry, args.host, args.port, timeout=args.timeout,
+        config = load_config(args.config) if args.config else None
+        timeout = args.timeout if args.timeout is not None else (
+            config.tool_server.call_timeout_s if config is not None else DEFAULT_TIMEOUT)
+        if not timeout > 0:
+            raise UsageError(f"--call-timeout must be > 0, got {timeout:g}")
+        registry = build_registry(args.tools_config, not args.no_entry_points, config)
+        server = ToolServer(registry, args.host, args.port, timeout=timeout,
                             max_body=args.max_body)
     except OwllmError as exc:
         print(f"owllm tool server: {exc}", file=sys.stderr)

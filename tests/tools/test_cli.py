@@ -61,6 +61,28 @@ def test_tools_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert (code, out["error"]["code"]) == (1, "unknown_tool")
 
 
+def test_tools_from_an_owllm_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``--tools llm_backends.yaml`` validates against that config's ``tools:`` entries."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "cli_cfg_tools.py").write_text("def ping(host):\n    return host\n",
+                                               encoding="utf-8")
+    config = tmp_path / "configs" / "llm_backends.yaml"
+    config.parent.mkdir()
+    config.write_text("models: {}\ntools:\n  - callable: cli_cfg_tools:ping\n"
+                      "    parameters: {type: object, properties: {host: {type: string}},\n"
+                      "                 required: [host], additionalProperties: false}\n",
+                      encoding="utf-8")
+    ok = '{"tool": "ping", "args": {"host": "a"}, "id": "p1"}'
+    code, out = run(["validate", "--tools", str(config)], ok, monkeypatch, capsys)
+    assert code == 0 and out["calls"] == [json.loads(ok)]
+    code, out = run(["validate", "--tools", str(config)],
+                    '{"tool": "ping", "args": {"host": "a", "port": 1}, "id": "p1"}',
+                    monkeypatch, capsys)
+    assert (code, out["error"]["code"], out["error"]["path"]) == (
+        1, "unexpected_param", "$.args.port")
+
+
 @pytest.mark.parametrize("content", [None, "tools: 5", "[{name: '9'}]", "{{{"])
 def test_unusable_tools_file_is_a_usage_error(
         tmp_path: Path, content: str | None, monkeypatch: pytest.MonkeyPatch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import owllm.tools.registry as registry_module
 from owllm.errors import ConfigError
 from owllm.tools import (
     Tool,
+    ToolCallError,
     ToolError,
     ToolRegistry,
     ToolSpecError,
@@ -126,7 +128,7 @@ def test_load_yaml_and_json_configs(tmp_path: Path) -> None:
     ("tools:\n  - function: my_tools_mod:shout\n", "parameters: required"),
     ("tools:\n  - function: nope_mod_xyz:f\n    parameters: {}\n", "cannot import"),
     ("tools:\n  - function: my_tools_mod:shout\n    colour: red\n", "unknown key"),
-    ("tools:\n  - name: x\n", "function: required"),
+    ("tools:\n  - name: x\n", "callable: required"),
     ("tools: 5\n", "'tools' list"),
     ("tools: [\n", "cannot read"),
 ])
@@ -168,3 +170,62 @@ def test_default_registry_and_register_tool(monkeypatch: pytest.MonkeyPatch) -> 
     register_tool(double, parameters=PARAMS)
     assert default_registry().names()[-1] == "double"
     assert parse_tool_call('{"tool": "double", "args": {"n": 2}, "id": "a"}').tool == "double"
+
+
+def _owllm_config(folder: Path, tools_yaml: str) -> Path:
+    config = folder / "configs" / "llm_backends.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("models: {}\n" + tools_yaml, encoding="utf-8")
+    return config
+
+
+def test_tools_from_owllm_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from owllm.config import load_config
+    from owllm.tools.registry import tools_from_config
+
+    (tmp_path / "cfg_tools_mod.py").write_text(
+        "def triple(n):\n    '''Three times n.'''\n    return 3 * n\n", encoding="utf-8")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # tools_from_config prepends the home
+    config = load_config(_owllm_config(tmp_path, """tools:
+  - callable: cfg_tools_mod:triple
+    name: times3
+    parameters: {type: object, properties: {n: {type: integer}}, required: [n],
+                 additionalProperties: false}
+"""))
+    (made,) = tools_from_config(config)
+    assert (made.name, made.description, made(n=4)) == ("times3", "Three times n.", 12)
+    registry = ToolRegistry([made])
+    with pytest.raises(ToolCallError) as err:
+        parse_tool_call('{"tool": "times3", "args": {"n": "4"}, "id": "x"}', registry)
+    assert (err.value.code, err.value.path) == ("type_error", "$.args.n")
+
+
+def test_tools_from_owllm_config_reports_bad_entries(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    from owllm.config import load_config
+    from owllm.tools.registry import tools_from_config
+
+    config = load_config(_owllm_config(tmp_path, """tools:
+  - callable: no_such_module_abc:f
+    parameters: {type: object}
+  - callable: json:dumps
+"""))
+    with pytest.raises(ConfigError) as err:
+        tools_from_config(config)
+    text = str(err.value)
+    assert "no_such_module_abc" in text and "parameters: required" in text
+    assert len(err.value.problems) == 2
+
+
+def test_tools_file_accepts_callable_key_but_not_both(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(f"tools:\n  - callable: {__name__}:double\n"
+                    f"    parameters: {json.dumps(PARAMS)}\n", encoding="utf-8")
+    (loaded,) = load_tools_config(good)
+    assert loaded.name == "double" and loaded(n=5) == 10
+    both = tmp_path / "both.yaml"
+    both.write_text(f"tools:\n  - callable: {__name__}:double\n    function: {__name__}:double\n"
+                    f"    parameters: {json.dumps(PARAMS)}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="either 'function' or 'callable'"):
+        load_tools_config(both)

@@ -183,3 +183,31 @@ def test_port_in_use_and_bad_config_exit_2(server_factory: Callable[..., ServerP
     broken = server_factory("--tools-config", str(bad), wait=False)
     assert broken.proc.wait(20) == 2
     assert "no_such_module_xyz" in broken.log.read_text()
+
+
+def test_owllm_config_tools_and_call_timeout(server_factory: Callable[..., ServerProcess],
+                                             tmp_path: Path) -> None:
+    """``--config`` serves llm_backends.yaml's tools: entries and takes its call timeout;
+    ``--call-timeout`` overrides it."""
+    config = tmp_path / "proj" / "configs" / "llm_backends.yaml"
+    config.parent.mkdir(parents=True)
+    (config.parent.parent / "proj_tools_mod.py").write_text(
+        "import time\n\ndef nap(seconds):\n    time.sleep(seconds)\n    return 'rested'\n",
+        encoding="utf-8")
+    config.write_text("""models: {}
+tools:
+  - callable: proj_tools_mod:nap
+    parameters: {type: object, properties: {seconds: {type: number, maximum: 5}},
+                 required: [seconds], additionalProperties: false}
+tool_server: {call_timeout_s: 0.4}
+""", encoding="utf-8")
+    server = server_factory("--config", str(config))
+    names = httpx.get(server.url + "/health").json()["tools"]
+    assert "nap" in names and "calculator" in names
+    assert post(server, {"tool": "nap", "args": {"seconds": 0}, "id": "a"}).json()[
+        "result"] == "rested"
+    slow = post(server, {"tool": "nap", "args": {"seconds": 2}, "id": "b"})
+    assert slow.status_code == 504 and slow.json()["error"]["code"] == "timeout"
+    patient = server_factory("--config", str(config), "--call-timeout", "5")
+    assert post(patient, {"tool": "nap", "args": {"seconds": 0.6}, "id": "c"}).json()[
+        "result"] == "rested"
