@@ -131,7 +131,13 @@ def build_lora(model_dir: Path, out: Path, seed: int) -> None:
     # init_lora_weights=False: random A *and* B, so the adapter visibly changes the output.
     config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
                         init_lora_weights=False, task_type="CAUSAL_LM")
-    _publish(out, lambda tmp: get_peft_model(base, config).save_pretrained(tmp))
+
+    def build(tmp: Path) -> None:
+        get_peft_model(base, config).save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps({"builder_version": BUILDER_VERSION,
+                                              "seed": seed, "lora": True}))
+
+    _publish(out, build)
 
 
 def _complete(folder: Path, seed: int) -> bool:
@@ -191,11 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lora-out", type=Path, default=None)
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     try:
         result = materialize(args.out.resolve(), args.seed)
-        if args.lora_out is not None and not (args.lora_out / "adapter_config.json").exists():
-            build_lora(args.out.resolve(), args.lora_out.resolve(), args.seed)
+        if args.lora_out is not None:
+            if not _complete(args.lora_out.resolve(), args.seed):
+                build_lora(args.out.resolve(), args.lora_out.resolve(), args.seed)
             result["lora_dir"] = str(args.lora_out.resolve())
+            result["seconds"] = round(time.perf_counter() - started, 3)
     except Exception as exc:  # reported as one line for the caller's error message
         print(f"demo model build failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -13,7 +13,15 @@ FILE: {"model_id", "model_path", "model_type": "instruct"|"base", "system_prompt
 * ``POST /v1/chat/completions`` and ``/v1/completions``: sampling (temperature 0 = greedy,
   top_p, seed), stop strings, ``stream`` (SSE), ``tools`` (a call in the output comes back as
   ``message.tool_calls``), ``response_format`` json_object / json_schema enforced by
-  llguidance (non-flexible whitespace, so a random model cannot wander in blanks).
+  llguidance (non-flexible whitespace, so a random model cannot wander in blanks).  The last
+  third of a constrained budget (at most half) steers to the shortest legal end: EOS when the
+  value is complete, else close the open string, else ``}``/``]``, else ``,``; so a random
+  model's free strings still end in valid JSON when the budget allows it (else ``length``).
+* With ``tools``, a JSON tool call in the output comes back as ``message.tool_calls`` (when
+  streaming: one ``delta.tool_calls`` chunk at the end) with finish_reason ``tool_calls``;
+  ``tool_choice`` "required" / a named function forces a call through the same grammar.
+* Unknown routes / methods and validation errors get OpenAI-shaped bodies too (404/405/422;
+  malformed JSON is 400).  Pure helpers live in ``_server_helpers.py`` (loaded by path).
 * The ``model`` field must name the configured model id; an omitted one means that model.
 * Generation runs one request at a time (a lock): a small CPU/GPU server gains nothing from
   interleaving, and it keeps the KV cache and the constraint matcher per request simple.
@@ -33,13 +41,47 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # This file sits next to owllm/backends/transformers.py, which would shadow the real
 # `transformers` package: drop the script's own folder from the import path.
-_HERE = os.path.dirname(__file__) or "."
-sys.path[:] = [p for p in sys.path if p not in ("", _HERE)]
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != _HERE]
 
+
+def _load_helpers() -> Any:
+    """Import ``_server_helpers.py`` from this script's folder by path (not on sys.path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "owllm_server_helpers", os.path.join(_HERE, "_server_helpers.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+if TYPE_CHECKING:  # for the type checker only: at run time owllm is not importable here
+    from owllm.backends._server_helpers import (
+        MAX_STOP,
+        ApiError,
+        closer_tokens,
+        error_body,
+        first_stop,
+        format_schema,
+        inside_string,
+        parse_tool_calls,
+        safe_prefix,
+        tool_call_schema,
+    )
+else:
+    _h = _load_helpers()
+    ApiError, error_body, parse_tool_calls = _h.ApiError, _h.error_body, _h.parse_tool_calls
+    tool_call_schema, closer_tokens, inside_string = (
+        _h.tool_call_schema, _h.closer_tokens, _h.inside_string)
+    format_schema, first_stop, safe_prefix, MAX_STOP = (
+        _h.format_schema, _h.first_stop, _h.safe_prefix, _h.MAX_STOP)
 
 
 def _preflight(argv: list[str]) -> None:
@@ -69,22 +111,7 @@ from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
-
-MAX_STOP = 4
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = (
-            status, message, param, code, kind)
-
-
-def error_body(message: str, kind: str, param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 # -- request models ---------------------------------------------------------------------------
 
@@ -130,6 +157,7 @@ class Engine:
     model: Any = None
     tokenizer: Any = None
     ll_tokenizer: Any = None
+    closers: tuple[list[int], list[int]] = ([], [])  # (inside a string, outside one)
     device: str = "cpu"
     ready: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -235,9 +263,10 @@ class Engine:
         elif not response_format or response_format.get("type") == "text":
             return None
         else:
-            schema = _format_schema(response_format)
+            schema = format_schema(response_format)
         if self.ll_tokenizer is None:
             self.ll_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer)
+            self.closers = closer_tokens(self.ll_tokenizer)
         try:
             grammar = llguidance.LLMatcher.grammar_from_json_schema(
                 schema, defaults={"whitespace_flexible": False})
@@ -267,6 +296,8 @@ class Engine:
         past = None
         out_ids: list[int] = []
         emitted = ""
+        # The last tokens of a constrained budget go to closing the JSON (see _closing_token).
+        reserve = min(max_tokens // 2, max(8, max_tokens // 3))
         with torch.inference_mode():
             for step in range(max_tokens):
                 result = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: past})
@@ -282,7 +313,11 @@ class Engine:
                     llt.apply_token_bitmask_inplace(masked, bitmask)
                     logits = torch.full_like(logits, float("-inf"))
                     logits[:vocab] = masked[0]
-                token = self._sample(logits, temperature, top_p, generator)
+                token = None
+                if matcher is not None and max_tokens - step <= reserve:
+                    token = self._closing_token(bitmask, out_ids, eos)
+                if token is None:
+                    token = self._sample(logits, temperature, top_p, generator)
                 if matcher is not None:
                     matcher.consume_token(token)
                 if token == eos:
@@ -290,12 +325,12 @@ class Engine:
                     return
                 out_ids.append(token)
                 text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
-                cut = _first_stop(text, stops)
+                cut = first_stop(text, stops)
                 if cut is not None:
                     yield text[len(emitted):cut], len(out_ids), "stop"
                     return
                 # hold back text that may still become a stop string or a partial character
-                safe = _safe_prefix(text, stops)
+                safe = safe_prefix(text, stops)
                 if len(safe) > len(emitted):
                     yield safe[len(emitted):], len(out_ids), None
                     emitted = safe
@@ -305,6 +340,29 @@ class Engine:
                 ids = torch.tensor([[token]], device=self.device)
         text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
         yield text[len(emitted):], len(out_ids), "length"
+
+    def _closing_token(self, bitmask: torch.Tensor, out_ids: list[int],
+                       eos: int) -> int | None:
+        """Near the end of the budget, steer a constrained output to its shortest end.
+
+        A random (or rambling) model can stay inside a free string, key or array until
+        max_tokens cuts the JSON off.  With few tokens left we pick, among the tokens the
+        grammar allows, EOS if the value is complete, else a token that closes the open
+        string, else one made of ``}`` / ``]``, else ``,`` (a required key comes next and the
+        grammar forces its name).  Deterministic, and always grammar-legal: only allowed
+        tokens are chosen; when none of them closes anything, normal sampling goes on.
+        """
+        def allowed(token: int) -> bool:
+            return 0 <= token < bitmask.shape[1] * 32 and \
+                bool((int(bitmask[0, token >> 5]) >> (token & 31)) & 1)
+
+        if allowed(eos):
+            return eos
+        in_string = inside_string(self.tokenizer.decode(out_ids, skip_special_tokens=True))
+        for token in self.closers[0 if in_string else 1]:
+            if allowed(token):
+                return token
+        return None
 
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float, top_p: float,
@@ -320,76 +378,7 @@ class Engine:
         return int(torch.multinomial(probs / probs.sum(), 1, generator=generator).item())
 
 
-def _format_schema(response_format: dict[str, Any]) -> dict[str, Any]:
-    kind = response_format.get("type")
-    if kind == "json_object":
-        return {"type": "object"}
-    if kind != "json_schema":
-        raise ApiError(400, f"unsupported response_format type {kind!r}", "response_format")
-    spec = response_format.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else None
-    if not isinstance(schema, dict):
-        raise ApiError(400, "response_format.json_schema.schema must be an object",
-                       "response_format")
-    return schema
-
-
-def tool_call_schema(tools: list[dict[str, Any]], choice: Any) -> dict[str, Any] | None:
-    """tool_choice "required" or a named function → the JSON schema of one call envelope."""
-    if choice != "required" and not isinstance(choice, dict):
-        return None  # "auto" / "none" / omitted: the model decides freely
-    wanted = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
-    options = []
-    for tool in tools:
-        fn = tool.get("function", tool)
-        if wanted is not None and fn.get("name") != wanted:
-            continue
-        options.append({"type": "object", "additionalProperties": False,
-                        "required": ["tool", "args", "id"], "properties": {
-                            "tool": {"const": fn.get("name")},
-                            "args": fn.get("parameters") or {"type": "object"},
-                            "id": {"type": "string", "pattern": "^call_[0-9]{1,3}$"}}})
-    if not options:
-        raise ApiError(400, f"tool_choice names no tool in tools: {wanted!r}", "tool_choice")
-    return options[0] if len(options) == 1 else {"anyOf": options}
-
-
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return min(hits) if hits else None
-
-
-def _safe_prefix(text: str, stops: list[str]) -> str:
-    if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
-        text = text.rstrip("\ufffd")
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:k]):
-                return text[:-k]
-    return text
-
-
 # -- the app ----------------------------------------------------------------------------------
-
-def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
-    """An output that is a tool call (our envelope or OpenAI's name/arguments) → tool_calls."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    items = data if isinstance(data, list) else [data]
-    calls = []
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            return None
-        name = item.get("tool", item.get("name"))
-        args = item.get("args", item.get("arguments", {}))
-        if not isinstance(name, str):
-            return None
-        calls.append({"id": str(item.get("id") or f"call_{index}"), "type": "function",
-                      "function": {"name": name, "arguments": json.dumps(args)}})
-    return calls or None
-
 
 def create_app(engine: Engine) -> FastAPI:
     app = FastAPI(title="owllm transformers server")
@@ -412,6 +401,11 @@ def create_app(engine: Engine) -> FastAPI:
                             f"{e.get('msg')}" for e in errors)
         return JSONResponse(error_body(message, "invalid_request_error", where,
                                        "validation_error"), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error"),
+                            exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def crashed(_: Request, exc: Exception) -> JSONResponse:
@@ -473,11 +467,14 @@ def create_app(engine: Engine) -> FastAPI:
         if request.stream:
             include_usage = bool((request.stream_options or {}).get("include_usage"))
 
-            def chunk(delta: str, finish: str | None, first: bool = False) -> str:
+            def chunk(delta: str, finish: str | None, first: bool = False,
+                      calls: list[dict[str, Any]] | None = None) -> str:
                 if chat:
                     d: dict[str, Any] = {"role": "assistant"} if first else {}
                     if delta:
                         d["content"] = delta
+                    if calls:
+                        d["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
                     choice: dict[str, Any] = {"index": 0, "delta": d, "finish_reason": finish}
                 else:
                     choice = {"index": 0, "text": delta, "finish_reason": finish}
@@ -489,9 +486,22 @@ def create_app(engine: Engine) -> FastAPI:
                 with engine.lock:
                     yield chunk("", None, first=True)
                     count = 0
+                    # With tools, an output that opens like JSON is held back until it ends:
+                    # a tool call then goes out as one `delta.tool_calls` chunk, as OpenAI does.
+                    held: list[str] | None = None
                     try:
                         for delta, count, finish in gen:  # noqa: B007
-                            if delta or finish:
+                            if tools and held is None and delta.lstrip()[:1] in ("{", "["):
+                                held = []
+                            if held is not None:
+                                held.append(delta)
+                                if not finish:
+                                    continue
+                                text = "".join(held)
+                                calls = parse_tool_calls(text)
+                                yield chunk("", "tool_calls", calls=calls) if calls else \
+                                    chunk(text, finish)
+                            elif delta or finish:
                                 yield chunk(delta, finish)
                     except Exception as exc:  # the stream has started: report in-band
                         yield f"data: {json.dumps(error_body(str(exc), 'server_error'))}\n\n"

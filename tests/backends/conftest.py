@@ -30,6 +30,13 @@ SERVER_SCRIPT = REPO / "owllm" / "backends" / "transformers_server.py"
 DEMO_BUILDER = REPO / "owllm" / "demo_model.py"
 # One env with every optional feature, so LoRA and 4-bit run in the same interpreter.
 ENV_KEY = "torch-cpu-transformers-bnb-peft"
+# What transformers_server.py and demo_model.py import, by distribution name; the env under
+# ENV_KEY must hold all of them (test_env_has_the_server_packages).  torch is the CPU build
+# pinned to 2.13.0 from the local wheel folder; llguidance does the constrained decoding.
+TRANSFORMERS_ENV_PACKAGES = (
+    "torch", "transformers", "tokenizers", "safetensors", "sentencepiece", "jinja2",
+    "fastapi", "uvicorn", "pydantic", "llguidance", "accelerate", "peft", "bitsandbytes",
+)
 CACHE_HOME = Path(os.environ.get("OWLLM_TEST_CACHE", Path.home() / ".cache" / "owllm-tests"))
 SYSTEM_PROMPT = "You are terse. You answer in exactly one word, always."
 READY_TIMEOUT = 180.0
@@ -136,8 +143,14 @@ def transformers_env() -> Any:
 
 
 @pytest.fixture(scope="session")
-def env_python(transformers_env: Any) -> Path:
+def transformers_python(transformers_env: Any) -> Path:
+    """The python of a provisioned env holding TRANSFORMERS_ENV_PACKAGES (cached per machine)."""
     return Path(transformers_env.python_executable)
+
+
+@pytest.fixture(scope="session")
+def env_python(transformers_python: Path) -> Path:
+    return transformers_python
 
 
 @pytest.fixture(scope="session")

@@ -224,6 +224,42 @@ def test_tools_required_returns_tool_calls(instruct_server: Server) -> None:
     assert named["choices"][0]["finish_reason"] == "tool_calls"
 
 
+OPEN_SCHEMA = {  # free strings, free extra keys: a random model could ramble in them forever
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "tags": {"type": "array", "minItems": 1,
+                                                        "items": {"type": "string"}},
+                   "inner": {"type": "object", "properties": {"x": {"type": "boolean"}},
+                             "required": ["x"]}},
+    "required": ["name", "tags", "inner"],
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_open_schema_closes_within_budget(instruct_server: Server, seed: int) -> None:
+    body = instruct_server.chat(
+        messages=HELLO, max_tokens=120, temperature=1.0, seed=seed,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "open", "schema": OPEN_SCHEMA}})
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "stop", choice
+    jsonschema.validate(json.loads(choice["message"]["content"]), OPEN_SCHEMA)
+
+
+def test_stream_tool_calls(instruct_server: Server) -> None:
+    body = {"messages": HELLO, "tools": [CALC_TOOL], "tool_choice": "required",
+            "max_tokens": 80, "temperature": 0}
+    whole = instruct_server.chat(**body)
+    events = stream_events(instruct_server, "/v1/chat/completions", body)
+    assert events[-1] == "[DONE]"
+    last = events[-2]["choices"][0]
+    assert last["finish_reason"] == "tool_calls"
+    calls = last["delta"]["tool_calls"]
+    assert [c["index"] for c in calls] == [0]
+    assert [{k: v for k, v in c.items() if k != "index"} for c in calls] == \
+        whole["choices"][0]["message"]["tool_calls"]
+    assert not any(e["choices"][0]["delta"].get("content") for e in events[:-1])
+
+
 def test_tools_auto_renders_into_prompt(instruct_server: Server) -> None:
     plain = instruct_server.chat(messages=HELLO, max_tokens=4)
     with_tools = instruct_server.chat(messages=HELLO, tools=[CALC_TOOL], max_tokens=4)
@@ -254,6 +290,9 @@ def test_bad_requests(instruct_server: Server) -> None:
                          422)
     assert error["param"] == "temperature"
     assert_error(instruct_server.post("/v1/completions", {"prompt": 3}), 422)
+    assert_error(instruct_server.post(chat, {"messages": HELLO, "stop": list("abcde")}), 400)
+    assert_error(httpx.get(instruct_server.url("/v1/nowhere"), timeout=5), 404)
+    assert_error(httpx.get(instruct_server.url(chat), timeout=5), 405)
     # the configured id and an omitted model both work, and the server is still healthy
     assert instruct_server.chat(messages=HELLO, model="tiny-chat", max_tokens=2)
     assert httpx.get(instruct_server.url("/health"), timeout=5).status_code == 200

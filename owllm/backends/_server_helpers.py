@@ -1,0 +1,128 @@
+"""Pure helpers of ``transformers_server.py``: OpenAI error bodies, tool calls, stops, JSON.
+
+Standard library only, so it is unit-testable without torch; the server loads it by path
+(``transformers_server.py`` runs as a script whose folder is kept off ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_STOP = 4
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = (
+            status, message, param, code, kind)
+
+
+def error_body(message: str, kind: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+
+def closer_tokens(ll_tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Token ids that close JSON, best first: (inside a string, outside any string)."""
+    inside: list[tuple[int, int, int, int]] = []
+    outside: list[tuple[int, int, int, int]] = []
+    for token in range(ll_tokenizer.vocab_size):
+        try:
+            text = ll_tokenizer.decode_bytes([token]).decode("utf-8")
+        except (UnicodeDecodeError, ValueError):
+            continue
+        if not text or set(text) - set('"}],'):
+            continue
+        # ',' only continues (a required key comes next): rank it after real closers
+        rank = (text.count(","), -len(text), token)
+        if text.startswith('"') and '"' not in text[1:]:
+            inside.append((*rank, token))
+        elif '"' not in text:
+            outside.append((*rank, token))
+    return [t[-1] for t in sorted(inside)], [t[-1] for t in sorted(outside)]
+
+
+def inside_string(text: str) -> bool:
+    """Whether a JSON prefix ends inside a string (key or value)."""
+    inside = escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif inside and char == "\\":
+            escaped = True
+        elif char == '"':
+            inside = not inside
+    return inside
+
+
+def format_schema(response_format: dict[str, Any]) -> dict[str, Any]:
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind != "json_schema":
+        raise ApiError(400, f"unsupported response_format type {kind!r}", "response_format")
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise ApiError(400, "response_format.json_schema.schema must be an object",
+                       "response_format")
+    return schema
+
+
+def tool_call_schema(tools: list[dict[str, Any]], choice: Any) -> dict[str, Any] | None:
+    """tool_choice "required" or a named function → the JSON schema of one call envelope."""
+    if choice != "required" and not isinstance(choice, dict):
+        return None  # "auto" / "none" / omitted: the model decides freely
+    wanted = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    options = []
+    for tool in tools:
+        fn = tool.get("function", tool)
+        if wanted is not None and fn.get("name") != wanted:
+            continue
+        options.append({"type": "object", "additionalProperties": False,
+                        "required": ["tool", "args", "id"], "properties": {
+                            "tool": {"const": fn.get("name")},
+                            "args": fn.get("parameters") or {"type": "object"},
+                            "id": {"type": "string", "pattern": "^call_[0-9]{1,3}$"}}})
+    if not options:
+        raise ApiError(400, f"tool_choice names no tool in tools: {wanted!r}", "tool_choice")
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def first_stop(text: str, stops: list[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
+
+
+def safe_prefix(text: str, stops: list[str]) -> str:
+    if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
+        text = text.rstrip("\ufffd")
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                return text[:-k]
+    return text
+
+
+def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
+    """An output that is a tool call (our envelope or OpenAI's name/arguments) → tool_calls."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    items = data if isinstance(data, list) else [data]
+    calls = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            return None
+        name = item.get("tool", item.get("name"))
+        args = item.get("args", item.get("arguments", {}))
+        if not isinstance(name, str):
+            return None
+        calls.append({"id": str(item.get("id") or f"call_{index}"), "type": "function",
+                      "function": {"name": name, "arguments": json.dumps(args)}})
+    return calls or None
