@@ -19,7 +19,8 @@ from typing import Any
 
 import jsonschema
 
-from owllm.yaml_lines import Key, load_validated, schema_message
+from owllm.errors import ConfigError
+from owllm.yaml_lines import Key, display, load_validated, schema_message
 
 BACKENDS = ("transformers", "vllm", "llamacpp")
 DEMO_SCHEME = "demo://"
@@ -159,10 +160,38 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         model_id: _model(model_id, entry or {}, lines.get(("models", model_id)))
         for model_id, entry in data["models"].items()
     }
+    problems = [f"{display(path)}:{lines.get(('models', m.model_id, field), m.line) or '?'}: "
+                f"models.{m.model_id}.{field}: {message}"
+                for m in models.values() for field, message in _backend_problems(m)]
+    if problems:
+        raise ConfigError(display(path), problems,
+                          hint="the fields are documented in the README (Configuration)")
     tools = tuple(ToolEntry(**t) for t in data.get("tools", []))
     server = ToolServerSettings(**data.get("tool_server", {}))
     return Config(path=path.resolve(), models=MappingProxyType(models), tools=tools,
                   tool_server=server)
+
+
+def _backend_problems(model: ModelConfig) -> list[tuple[str, str]]:
+    """Options that only one backend understands, named where they are set elsewhere."""
+    from owllm.backends.gguf_convert import QUANT_TYPES
+
+    problems = []
+    if model.backend != "transformers" and model.use_4bit:
+        problems.append(("use_4bit", f"bitsandbytes 4-bit is a transformers option, not "
+                         f"{model.backend}'s; for llamacpp set quant: q4_k_m, for vllm serve "
+                         "a pre-quantized checkpoint (AWQ, GPTQ)"))
+    if model.backend != "transformers" and model.adapter_dir:
+        problems.append(("adapter_dir", f"LoRA adapters are served by backend: transformers "
+                         f"only in OWLLM; merge the adapter into the weights for "
+                         f"{model.backend}"))
+    if model.quant is not None and model.backend != "llamacpp":
+        problems.append(("quant", "quant: is GGUF quantization and applies to "
+                         "backend: llamacpp only"))
+    elif model.quant is not None and model.quant.lower() not in QUANT_TYPES:
+        problems.append(("quant", f"unknown quant {model.quant!r}; "
+                         f"known: {', '.join(QUANT_TYPES)}"))
+    return problems
 
 
 def _model(model_id: str, entry: Mapping[str, Any], line: int | None) -> ModelConfig:

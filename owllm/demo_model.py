@@ -104,14 +104,15 @@ def train_tokenizer(workdir: Path) -> Path:
     return out
 
 
-def build_model(out: Path, vocab_size: int, seed: int) -> int:
+def build_model(out: Path, vocab_size: int, seed: int, head_dim: int = 64) -> int:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, head_dim=64,
+        num_attention_heads=128 // head_dim, num_key_value_heads=128 // head_dim,
+        head_dim=head_dim,
         max_position_embeddings=1024, rms_norm_eps=1e-5, tie_word_embeddings=False,
         bos_token_id=1, eos_token_id=2, pad_token_id=2,
     )
@@ -140,12 +141,13 @@ def build_lora(model_dir: Path, out: Path, seed: int) -> None:
     _publish(out, build)
 
 
-def _complete(folder: Path, seed: int) -> bool:
+def _complete(folder: Path, seed: int, head_dim: int = 64) -> bool:
     try:
         marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return bool(marker.get("builder_version") == BUILDER_VERSION and marker.get("seed") == seed)
+    return bool(marker.get("builder_version") == BUILDER_VERSION and marker.get("seed") == seed
+                and marker.get("head_dim", 64) == head_dim)
 
 
 def _publish(out: Path, build: object) -> None:
@@ -165,10 +167,10 @@ def _publish(out: Path, build: object) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def materialize(out: Path, seed: int) -> dict[str, object]:
+def materialize(out: Path, seed: int, head_dim: int = 64) -> dict[str, object]:
     started = time.perf_counter()
     params = 0
-    if not _complete(out, seed):
+    if not _complete(out, seed, head_dim):
         def build(tmp: Path) -> None:
             nonlocal params
             work = Path(tempfile.mkdtemp(prefix="owllm-demo-"))
@@ -179,11 +181,12 @@ def materialize(out: Path, seed: int) -> dict[str, object]:
                 from transformers import AutoTokenizer
 
                 vocab = len(AutoTokenizer.from_pretrained(tmp))
-                params = build_model(tmp, vocab, seed)
+                params = build_model(tmp, vocab, seed, head_dim)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             (tmp / MARKER).write_text(json.dumps({"builder_version": BUILDER_VERSION,
-                                                  "seed": seed, "params": params}))
+                                                  "seed": seed, "params": params,
+                                                  "head_dim": head_dim}))
         _publish(out, build)
     else:
         params = json.loads((out / MARKER).read_text()).get("params", 0)
@@ -196,10 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lora-out", type=Path, default=None)
+    parser.add_argument("--head-dim", type=int, choices=(16, 32, 64, 128), default=64,
+                        help="attention head size (vLLM's CPU attention rejects 16: tests "
+                             "use that to break its engine on purpose)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
-        result = materialize(args.out.resolve(), args.seed)
+        result = materialize(args.out.resolve(), args.seed, args.head_dim)
         if args.lora_out is not None:
             if not _complete(args.lora_out.resolve(), args.seed):
                 build_lora(args.out.resolve(), args.lora_out.resolve(), args.seed)

@@ -159,6 +159,16 @@ def _call_from_message(message: dict[str, Any]) -> str:
     return str(message.get("content") or "")
 
 
+def _chat(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST a chat completion; a non-200 answer raises with the server's own message."""
+    response = httpx.post(url + "/v1/chat/completions", json=body, timeout=300)
+    if response.status_code != 200:
+        raise OwllmError(f"/v1/chat/completions answered {response.status_code}: "
+                         f"{response.text[:1000]}")
+    data: dict[str, Any] = response.json()
+    return data
+
+
 def tools_smoke(manager: LLMServerManager, model_id: str, keep: bool = False,
                 tool_server_url: str | None = None) -> dict[str, Any]:
     """The whole tool round trip: prompt → the model emits a call → strict validation →
@@ -203,9 +213,7 @@ def tools_smoke(manager: LLMServerManager, model_id: str, keep: bool = False,
             body["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": "tool_call", "schema": tool_call_response_schema(narrowed),
                 "strict": True}}
-        response = httpx.post(row["url"] + "/v1/chat/completions", json=body, timeout=300)
-        response.raise_for_status()
-        message = response.json()["choices"][0]["message"]
+        message = _chat(row["url"], body)["choices"][0]["message"]
         text = _call_from_message(message)
         result["model_output"] = text[:1000]
         try:
@@ -226,10 +234,8 @@ def tools_smoke(manager: LLMServerManager, model_id: str, keep: bool = False,
                 "function": {"name": first.tool, "arguments": json.dumps(first.args)}}]},
             {"role": "tool", "tool_call_id": first.id, "content": json.dumps(executed)},
         ]
-        final = httpx.post(row["url"] + "/v1/chat/completions", timeout=300, json={
-            "model": model_id, "messages": messages, "max_tokens": 16, "temperature": 0})
-        final.raise_for_status()
-        answer = final.json()["choices"][0]["message"]
+        answer = _chat(row["url"], {"model": model_id, "messages": messages,
+                                    "max_tokens": 16, "temperature": 0})["choices"][0]["message"]
         result["final_answer"] = (answer.get("content") or "")[:200]
         result["final_answer_ok"] = True
     except (OwllmError, httpx.HTTPError, ValueError, KeyError) as exc:

@@ -48,7 +48,7 @@ def test_defaults_and_all_fields(tmp_path: Path) -> None:
             port: 10501
             use_4bit: true
             system_prompt: be brief
-            backend: vllm
+            backend: transformers
             device: cuda
             dtype: bfloat16
             requirements: [einops]
@@ -124,6 +124,34 @@ def test_defaults_and_all_fields(tmp_path: Path) -> None:
         models:
           m: [1, 2]
         """, ["cfg.yaml:2: models.m: [1, 2] is not of type 'object'"], id="entry-not-map"),
+    pytest.param("""
+        models:
+          v:
+            base_model: x
+            backend: vllm
+            use_4bit: true
+        """, ["cfg.yaml:5: models.v.use_4bit: bitsandbytes 4-bit is a transformers option, "
+              "not vllm's; for llamacpp set quant: q4_k_m, for vllm serve a pre-quantized "
+              "checkpoint (AWQ, GPTQ)"], id="4bit-on-vllm"),
+    pytest.param("""
+        models:
+          g:
+            base_model: x
+            backend: llamacpp
+            adapter_dir: /a
+            quant: q9_z
+        """, ["cfg.yaml:5: models.g.adapter_dir: LoRA adapters are served by backend: "
+              "transformers only in OWLLM; merge the adapter into the weights for llamacpp",
+              "cfg.yaml:6: models.g.quant: unknown quant 'q9_z'; known: q4_0, q4_1, q8_0, "
+              "q5_0, q5_1, q2_k, q3_k_m, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k"],
+        id="llamacpp-adapter-and-bad-quant"),
+    pytest.param("""
+        models:
+          t:
+            base_model: x
+            quant: q4_k_m
+        """, ["cfg.yaml:4: models.t.quant: quant: is GGUF quantization and applies to "
+              "backend: llamacpp only"], id="quant-on-transformers"),
 ])
 def test_bad_yaml_exact_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str,
                                  expected: list[str]) -> None:

@@ -64,3 +64,30 @@ def test_server_start_logs_stop(tmp_path: Path) -> None:
     finally:
         stopped = json.loads(run("server", "stop", "demo", "--home", home, "--json").stdout)
     assert stopped["status"] == "STOPPED" and gone(row["pid"])
+
+
+def test_smoke_all_reports_every_model_and_fails_if_one_does(tmp_path: Path) -> None:
+    config = tmp_path / "configs" / "llm_backends.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        "models:\n"
+        "  demo:\n    base_model: \"demo://tiny-llama\"\n    device: cpu\n"
+        "    generation: {max_tokens: 4}\n"
+        f"  broken:\n    base_model: \"{tmp_path / 'no-such-model'}\"\n    device: cpu\n")
+    result = run("model", "smoke", "--all", "--config", str(config), "--home",
+                 str(tmp_path / "home"), "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["status"] == "FAIL" and data["failed"] == ["broken"]
+    assert [(r["model_id"], r["status"]) for r in data["results"]] == [
+        ("demo", "PASS"), ("broken", "FAIL")]
+    assert "owllm: smoke broken: FAIL" in result.stderr
+
+
+@pytest.mark.parametrize("args", [("model", "smoke"), ("model", "smoke", "demo", "--all")])
+def test_smoke_needs_one_model_or_all(args: tuple[str, ...]) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert "give a MODEL_ID or --all (not both)" in result.stderr
+    assert "demo-vllm" in result.stderr  # the hint lists the config's models
+    assert result.stdout == ""

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from owllm.config import ModelConfig
-    from owllm.envs import EnvSpec
+    from owllm.envs import EnvRegistry, EnvSpec
     from owllm.paths import Home
 
 
@@ -28,9 +28,17 @@ class Capabilities:
     streaming: bool = True
     structured_output: bool = True
     tools: bool = True
+    # JSON-schema keywords ("<type>.<keyword>") the backend's constrained decoder does not
+    # enforce; output may break them, and OWLLM's validator then rejects the call.
+    unenforced_keywords: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, bool]:
-        return dict(self.__dict__)
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    def enforces(self, schema: dict[str, Any]) -> bool:
+        """False when ``schema`` (one level) uses a keyword listed as unenforced."""
+        kind = schema.get("type")
+        return not any(f"{kind}.{key}" in self.unenforced_keywords for key in schema)
 
 
 @dataclass(frozen=True)
@@ -45,16 +53,25 @@ class LaunchSpec:
     ready_needs_completion: bool = False
 
 
+@dataclass(frozen=True)
+class BackendContext:
+    """What a backend may use while preparing and launching one model."""
+
+    home: Home
+    env: EnvSpec  # the model's own env (the server runs with its python)
+    base_dir: Path  # where relative paths in the config resolve
+    registry: EnvRegistry  # for helper envs (building a demo model for llama.cpp)
+
+
 class Backend(Protocol):
     name: str
     capabilities: Capabilities
 
-    def model_path(self, model: ModelConfig, home: Home, env: EnvSpec,
-                   base_dir: Path) -> Path | str:
+    def model_path(self, model: ModelConfig, ctx: BackendContext) -> Path | str:
         """Materialize or locate the weights the server loads (demo models, conversions)."""
         ...
 
-    def launch(self, model: ModelConfig, model_path: Path | str, env: EnvSpec, home: Home,
+    def launch(self, model: ModelConfig, model_path: Path | str, ctx: BackendContext,
                host: str, port: int) -> LaunchSpec:
         """The server command for one model on ``host:port``."""
         ...
@@ -62,6 +79,8 @@ class Backend(Protocol):
 
 BACKENDS: dict[str, str] = {
     "transformers": "owllm.backends.transformers:TransformersBackend",
+    "vllm": "owllm.backends.vllm:VllmBackend",
+    "llamacpp": "owllm.backends.llamacpp:LlamaCppBackend",
 }
 
 

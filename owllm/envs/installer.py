@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from filelock import FileLock
 
 from owllm.envs.pipconf import PipSettings, torch_index_args, uv_source_args
 from owllm.envs.spec import BuildSpec, canonical_name
@@ -104,17 +108,64 @@ def run_logged(cmd: Sequence[str], log: Path, *, env: dict[str, str] | None = No
         raise InstallFailed(f"{Path(cmd[0]).name} exited with {code}", "\n".join(tail))
 
 
-def _child_env(pip: PipSettings) -> dict[str, str]:
+def _child_env(pip: PipSettings, spec: BuildSpec | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("VIRTUAL_ENV", None)  # never install into the orchestrator's own venv
     if pip.cert and "SSL_CERT_FILE" not in env:
         env["SSL_CERT_FILE"] = pip.cert
+    for pair in spec.build_env if spec else ():
+        name, _, value = pair.partition("=")
+        env.setdefault(name, value)  # the user's own setting wins
     return env
 
 
 def _overrides(spec: BuildSpec) -> list[str]:
     """uv overrides that drop packages: a never-true marker removes a dependency."""
     return [f'{name} ; sys_platform == "never"' for name in (*spec.exclude, *spec.no_deps)]
+
+
+class Wheelhouse:
+    """OWLLM's machine-wide folder of wheels it compiled from source (llama-cpp-python).
+
+    uv treats a registry sdist as a new revision on every resolution here and compiles it
+    again (measured: 4 min per env on 2 cores), so after an install that built one of the
+    spec's ``keep_built_wheels`` the wheel is copied from uv's cache into this folder, and
+    every later install of a spec with the same build settings finds it (``--find-links``).
+    Folders are keyed by the build environment (CMAKE_ARGS...), so a CPU build never serves
+    a CUDA env.  ``$OWLLM_WHEEL_CACHE`` moves it; deleting it only costs a rebuild.
+    """
+
+    def __init__(self, spec: BuildSpec, root: Path | None = None) -> None:
+        base = root or Path(os.environ.get("OWLLM_WHEEL_CACHE")
+                            or Path.home() / ".cache" / "owllm" / "wheels")
+        digest = hashlib.sha256("\n".join((sys.platform, *spec.build_env)).encode())
+        self.path = base / digest.hexdigest()[:12]
+        self.names = tuple(canonical_name(n).replace("-", "_") for n in spec.keep_built_wheels)
+
+    def source_args(self) -> list[str]:
+        return ["--find-links", str(self.path)] if self.path.is_dir() else []
+
+    def harvest(self, uv_cache: Path, since: float) -> list[Path]:
+        """Copy the wheels uv built since ``since`` for our names into the wheelhouse."""
+        kept = []
+        for name in self.names:
+            for wheel in uv_cache.glob(f"sdists-v*/**/{name}-*.whl"):
+                target = self.path / wheel.name
+                if wheel.stat().st_mtime < since or target.exists():
+                    continue
+                self.path.mkdir(parents=True, exist_ok=True)
+                tmp = self.path / f".{wheel.name}.{os.getpid()}.tmp"
+                shutil.copyfile(wheel, tmp)
+                os.replace(tmp, target)  # never a half-copied wheel under its real name
+                kept.append(target)
+        return kept
+
+
+def uv_cache_dir(exe: str) -> Path | None:
+    if os.environ.get("UV_CACHE_DIR"):
+        return Path(os.environ["UV_CACHE_DIR"])
+    out = subprocess.run([exe, "cache", "dir"], capture_output=True, text=True, check=False)
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
 
 
 class UvInstaller:
@@ -145,10 +196,28 @@ class UvInstaller:
 
     def install(self, venv: Path, plan: InstallPlan, log: Path) -> None:
         spec = plan.spec
+        if not spec.keep_built_wheels:
+            self._install(venv, plan, log, [])
+            return
+        house = Wheelhouse(spec)
+        house.path.parent.mkdir(parents=True, exist_ok=True)
+        # One compile per machine: a second env with the same build waits, then finds the
+        # wheel (two homes building llamacpp-cpu at once would compile twice otherwise).
+        with FileLock(str(house.path.parent / f".{house.path.name}.lock")):
+            started = time.time()
+            self._install(venv, plan, log, house.source_args())
+            cache = uv_cache_dir(self.exe)
+            for kept in house.harvest(cache, started) if cache else []:
+                with open(log, "a", encoding="utf-8") as out:
+                    out.write(f"kept the built wheel {kept.name} in {house.path}\n")
+
+    def _install(self, venv: Path, plan: InstallPlan, log: Path, house: list[str]) -> None:
+        spec = plan.spec
         base = [self.exe, "pip", "install", "--python", str(venv_python(venv))]
-        sources = uv_source_args(plan.pip, spec.extra_index_urls, spec.find_links)
+        sources = uv_source_args(plan.pip, spec.extra_index_urls,
+                                 (*spec.find_links, *house[1::2]))
         torch_args, _ = torch_index_args(spec.torch_index, plan.torch_policy, plan.pip)
-        env = _child_env(plan.pip)
+        env = _child_env(plan.pip, spec)
         if plan.constraints_file is not None:
             run_logged([*base, *sources, *torch_args, "--no-deps", "-r",
                         str(plan.constraints_file)], log, env=env, progress=self.progress,
@@ -199,7 +268,7 @@ class PipInstaller:
         for link in spec.find_links:
             sources += ["--find-links", link]
         torch_args, _ = torch_index_args(spec.torch_index, plan.torch_policy, plan.pip)
-        env = _child_env(PipSettings())
+        env = _child_env(PipSettings(), spec)
         if plan.constraints_file is not None:
             run_logged([*base, *sources, *torch_args, "--no-deps", "-r",
                         str(plan.constraints_file)], log, env=env, progress=self.progress,

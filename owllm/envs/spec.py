@@ -55,6 +55,10 @@ class BuildSpec:
     extra_index_urls: tuple[str, ...] = ()
     find_links: tuple[str, ...] = ()
     torch_index: str | None = None
+    # NAME=value pairs set while installing (source builds: CMAKE_ARGS for llama.cpp).
+    build_env: tuple[str, ...] = ()
+    # Distributions compiled from source whose wheels OWLLM keeps (see installer.Wheelhouse).
+    keep_built_wheels: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -104,7 +108,9 @@ class EnvsConfig:
             probe_imports=tuple(entry.get("probe_imports", ())),
             key_packages=tuple(entry.get("key_packages", ())),
             extra_index_urls=tuple(entry.get("extra_index_urls", ())),
-            find_links=tuple(entry.get("find_links", ())))
+            find_links=tuple(entry.get("find_links", ())),
+            build_env=_env_pairs(entry.get("build_env")),
+            keep_built_wheels=tuple(entry.get("keep_built_wheels", ())))
 
     def build_spec(self, key: str, backend: str, cuda: str, features: tuple[str, ...],
                    requirements: tuple[str, ...] = ()) -> BuildSpec:
@@ -139,7 +145,14 @@ class EnvsConfig:
             key_packages=tuple(entry.get("key_packages", ())),
             extra_index_urls=tuple(urls),
             find_links=tuple(u.format(cuda=cuda) for u in merged("find_links")),
-            torch_index=torch_index)
+            torch_index=torch_index,
+            build_env=_env_pairs({**(entry.get("build_env") or {}),
+                                  **(variant.get("build_env") or {})}),
+            keep_built_wheels=tuple(merged("keep_built_wheels")))
+
+
+def _env_pairs(mapping: Mapping[str, Any] | None) -> tuple[str, ...]:
+    return tuple(f"{name}={value}" for name, value in sorted((mapping or {}).items()))
 
 
 def load_envs_config(path: str | Path) -> EnvsConfig:

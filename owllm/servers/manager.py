@@ -10,24 +10,28 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 from filelock import FileLock
 
-from owllm.backends import LaunchSpec, get_backend
+from owllm.backends import BackendContext, LaunchSpec, get_backend
 from owllm.config import Config, ModelConfig, load_config
 from owllm.envs import EnvRegistry
 from owllm.errors import ServerError
 from owllm.paths import Home, resolve_home
 from owllm.servers.ports import LIVE_STATUSES, choose_port
 from owllm.servers.process import (
+    SERVER_TOKEN_VAR,
+    descendants,
     identity_from_row,
     identity_of,
     kill_group,
     launch,
     probe_health,
+    reap_leftovers,
     tail,
     wait_ready,
 )
@@ -87,12 +91,13 @@ class LLMServerManager:
             model = dataclasses.replace(model, adapter_dir=str(base_dir / model.adapter_dir))
         self.store.upsert_model(model.model_id, model.backend, model.base_model, env.key,
                                 model.params())
-        model_path = backend.model_path(model, self.home, env, base_dir)
+        ctx = BackendContext(home=self.home, env=env, base_dir=base_dir, registry=self.registry)
+        model_path = backend.model_path(model, ctx)
         log_path = self.home.logs_dir / f"{model.model_id}.log"
         last_error: ServerError | None = None
         for _attempt in range(2):  # a port lost to another program between check and bind
             port = self._claim_port(model, env.key, log_path)
-            spec = backend.launch(model, model_path, env, self.home, HOST, port)
+            spec = backend.launch(model, model_path, ctx, HOST, port)
             try:
                 return self._run(model, spec, port, log_path)
             except ServerError as exc:
@@ -118,16 +123,22 @@ class LLMServerManager:
     def _run(self, model: ModelConfig, spec: LaunchSpec, port: int,
              log_path: Path) -> dict[str, Any]:
         url = f"http://{HOST}:{port}"
-        proc = launch(spec.argv, log_path, env={**os.environ, **spec.env})
+        token = f"{model.model_id}-{uuid.uuid4().hex[:16]}"
+        proc = launch(spec.argv, log_path,
+                      env={**os.environ, **spec.env, SERVER_TOKEN_VAR: token})
         self._children[model.model_id] = proc
         ident = identity_of(proc.pid)
         self.store.upsert_server(model.model_id, pid=ident.pid, pgid=ident.pgid,
-                                 pid_create_time=ident.create_time)
+                                 pid_create_time=ident.create_time, extra={"token": token})
+
+        health_only = [False]  # /health said 200 but a completion failed
 
         def ready() -> bool:
             if not probe_health(url, spec.health_path):
                 return False
-            return not spec.ready_needs_completion or probe_completion(url, model.model_id)
+            ok = not spec.ready_needs_completion or probe_completion(url, model.model_id)
+            health_only[0] = not ok
+            return ok
 
         try:
             seconds = wait_ready(proc, ready, log_path, deadline_s=model.startup_timeout_s,
@@ -136,11 +147,19 @@ class LLMServerManager:
         except ServerError as exc:
             kill_group(ident.pgid, ident.pid)
             proc.wait()
+            reap_leftovers(token)
+            error = exc
+            if health_only[0]:
+                error = type(exc)(f"{exc.message}\n{spec.health_path} answered 200 but a "
+                                  "one-token completion failed: the server is up, its engine "
+                                  "is not (see the log)", hint=exc.hint)
             self.store.upsert_server(model.model_id, status=SERVER_FAILED,
-                                     last_error=exc.message[:4000], stopped_at=now_iso())
-            raise
+                                     last_error=error.message[:4000], stopped_at=now_iso())
+            raise error from None
         return self.store.upsert_server(model.model_id, status=SERVER_RUNNING,
-                                        extra={"startup_s": round(seconds, 3)}) | {
+                                        extra={"startup_s": round(seconds, 3),
+                                               "token": token,
+                                               "children": descendants(ident.pid)}) | {
             "healthy": True}
 
     # -- stop / restart -------------------------------------------------------------------
@@ -160,6 +179,7 @@ class LLMServerManager:
         child = self._children.pop(row["model_id"], None)
         if child is not None:
             child.wait()
+        _reap(row)
         return self.store.upsert_server(row["model_id"], status=SERVER_STOPPED,
                                         stopped_at=now_iso())
 
@@ -191,6 +211,9 @@ class LLMServerManager:
                 new, why = SERVER_STOPPED, "start was interrupted before the server launched"
             row = self.store.upsert_server(model_id, status=new, last_error=why,
                                            stopped_at=now_iso())
+            reaped = _reap(row)  # e.g. vLLM's engine core and worker after a SIGKILL
+            if reaped:
+                row["reaped_pids"] = reaped
             if url and probe_health(url):
                 row["port_conflict"] = f"{url} answers but not from our process"
         elif status == SERVER_STARTING and healthy:
@@ -216,6 +239,16 @@ class LLMServerManager:
                 return True
             time.sleep(0.1)
         return False
+
+
+def _reap(row: dict[str, Any]) -> list[int]:
+    """Leftovers of a server whose own process is gone (see process.reap_leftovers)."""
+    extra = row.get("extra")
+    if not isinstance(extra, dict):
+        return []
+    if not extra.get("token") and not extra.get("children"):
+        return []
+    return reap_leftovers(str(extra.get("token") or ""), extra.get("children") or [])
 
 
 def get_llm_server_manager(config_path: str | os.PathLike[str] | None = None,

@@ -180,6 +180,60 @@ def kill_group(pgid: int, pid: int | None = None, grace_s: float = 5.0) -> None:
         time.sleep(0.05)
 
 
+SERVER_TOKEN_VAR = "OWLLM_SERVER_TOKEN"
+
+
+def descendants(pid: int) -> list[list[float]]:
+    """``[pid, create_time]`` of every live descendant of ``pid`` (recorded at readiness)."""
+    try:
+        return [[child.pid, child.create_time()]
+                for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def reap_leftovers(token: str = "", known: list[list[float]] | None = None,
+                   grace_s: float = 5.0) -> list[int]:
+    """Kill what a dead server left behind; returns the pids signalled.
+
+    A server killed with SIGKILL (or crashed) can leave children behind, reparented to
+    init: vLLM's engine core and worker.  Two ways find exactly its processes, never
+    another program's, even after pid reuse:
+
+    * ``known`` descendants recorded at readiness, each checked by its create time
+      (vLLM's engine processes rename themselves, which hides their environment);
+    * processes whose environment carries the server's ``OWLLM_SERVER_TOKEN``.
+
+    The recorded process group is not used: once its leader is gone, a group with that id
+    may be another program's.
+    """
+    found: dict[int, psutil.Process] = {}
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        try:
+            if token and proc.environ().get(SERVER_TOKEN_VAR) == token:
+                found[proc.pid] = proc
+        except (psutil.Error, OSError):
+            continue
+    for pid, created in known or ():
+        try:
+            proc = psutil.Process(int(pid))
+            if abs(proc.create_time() - created) < 0.01:
+                found[proc.pid] = proc
+        except psutil.Error:
+            continue
+    procs = list(found.values())
+    for proc in procs:
+        _signal(proc, signal.SIGTERM)
+    _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        _signal(proc, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=grace_s)
+    return sorted(found)
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)

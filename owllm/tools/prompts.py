@@ -18,8 +18,9 @@ from owllm.tools.specs import normalize_spec
 
 #: ids a model may emit under constrained decoding: short and bounded, so a random model
 #: cannot loop inside the id string.
+# The pattern bounds the length itself: xgrammar (vLLM) rejects a string schema that has
+# both a pattern and minLength/maxLength.
 ID_PATTERN = "^call_[A-Za-z0-9]{1,12}$"
-ID_MAX_LENGTH = 17
 
 _RULES = (
     'Reply with exactly one JSON object and nothing else: {{"tool": "<tool name>", '
@@ -68,6 +69,43 @@ def render_tools(tools: Iterable[Any]) -> str:
     return "\n".join(lines)
 
 
+# A string bounded by length, as a pattern: no quote, backslash or control character, so
+# the raw text between the quotes is the string itself (see decodable()).
+_BOUNDED_STRING = '^[^"\\\\\\x00-\\x1f]{{{low},{high}}}$'
+_SUBSCHEMA_KEYS = ("items", "additionalProperties", "not", "if", "then", "else")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+
+
+def decodable(schema: Any) -> Any:
+    """A copy of ``schema`` that constrained decoders enforce as written.
+
+    xgrammar (vLLM's decoder) lets raw control characters into a string that has
+    ``minLength``/``maxLength`` and no pattern, which no strict JSON parser accepts, and it
+    rejects a pattern combined with a length.  Such strings become an equivalent pattern
+    that also leaves out quotes and backslashes.  The result only steers decoding; calls are
+    still validated against the tool's own schema, which every such output satisfies.
+    """
+    if isinstance(schema, list):
+        return [decodable(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: decodable(value) if key in _SUBSCHEMA_KEYS else value
+           for key, value in schema.items()}
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(schema.get(key), list):
+            out[key] = [decodable(item) for item in schema[key]]
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(schema.get(key), dict):
+            out[key] = {name: decodable(sub) for name, sub in schema[key].items()}
+    if schema.get("type") == "string" and ("minLength" in schema or "maxLength" in schema) \
+            and not any(k in schema for k in ("pattern", "format", "enum", "const")):
+        low = int(out.pop("minLength", 0))
+        high = out.pop("maxLength", None)
+        out["pattern"] = _BOUNDED_STRING.format(low=low, high="" if high is None else int(high))
+    return out
+
+
 def tool_call_response_schema(tools: Iterable[Any]) -> dict[str, Any]:
     """A JSON schema whose ``anyOf`` has one strict envelope per tool: ``tool`` is a
     ``const``, ``args`` the tool's parameters (``additionalProperties: false`` unless the tool
@@ -77,7 +115,7 @@ def tool_call_response_schema(tools: Iterable[Any]) -> dict[str, Any]:
     options = []
     for spec in tools:
         function = normalize_spec(spec)["function"]
-        args = copy.deepcopy(function["parameters"])
+        args = decodable(copy.deepcopy(function["parameters"]))
         if args.get("type", "object") == "object":
             args.setdefault("type", "object")
             args.setdefault("properties", {})
@@ -87,8 +125,7 @@ def tool_call_response_schema(tools: Iterable[Any]) -> dict[str, Any]:
             "properties": {
                 "tool": {"const": function["name"]},
                 "args": args,
-                "id": {"type": "string", "pattern": ID_PATTERN, "minLength": 6,
-                       "maxLength": ID_MAX_LENGTH},
+                "id": {"type": "string", "pattern": ID_PATTERN},
             },
             "required": ["tool", "args", "id"],
             "additionalProperties": False,

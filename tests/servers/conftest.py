@@ -24,11 +24,10 @@ class StubBackend:
     capabilities = Capabilities()
     ready_needs_completion = False
 
-    def model_path(self, model: Any, home: Any, env: Any, base_dir: Path) -> str:
+    def model_path(self, model: Any, ctx: Any) -> str:
         return model.base_model
 
-    def launch(self, model: Any, model_path: Any, env: Any, home: Any, host: str,
-               port: int) -> LaunchSpec:
+    def launch(self, model: Any, model_path: Any, ctx: Any, host: str, port: int) -> LaunchSpec:
         return LaunchSpec(argv=(sys.executable, str(STUB), "--host", host, "--port", str(port),
                                 *model.server_args),
                           ready_needs_completion=self.ready_needs_completion)

