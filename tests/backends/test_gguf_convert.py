@@ -17,7 +17,6 @@ from owllm.backends import BackendContext
 from owllm.backends.llamacpp import CONVERTER, gguf_for
 from owllm.envs import EnvRegistry
 from owllm.paths import Home
-from tests.backends.conftest import CACHE_HOME
 
 pytestmark = [pytest.mark.slow]
 
@@ -25,8 +24,9 @@ PROMPT = "Hello! How can I help you today?"
 
 
 @pytest.fixture(scope="module")
-def llama_env() -> Any:
-    return EnvRegistry(home=CACHE_HOME / "home").ensure_env("llamacpp-cpu")
+def llama_env(owllm_registry: EnvRegistry) -> Any:
+    """The run's llamacpp env (the one the shipped config's demo-llamacpp uses)."""
+    return owllm_registry.ensure_env("llamacpp-cpu")
 
 
 def convert(llama_env: Any, *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,7 @@ from owllm.tools.prompts import (
     LLAMACPP_TEMPLATE,
     TRANSFORMERS_TEMPLATE,
     VLLM_TEMPLATE,
+    decodable,
     render_tools,
     template_for,
     tool_call_response_schema,
@@ -52,9 +53,32 @@ def test_response_schema_shape() -> None:
         assert option["additionalProperties"] is False
         assert option["required"] == ["tool", "args", "id"]
         assert option["properties"]["args"]["additionalProperties"] is False
-        assert option["properties"]["id"]["maxLength"] <= 32
+        # The pattern bounds the id (xgrammar rejects a pattern next to a length).
+        ident = option["properties"]["id"]
+        assert set(ident) == {"type", "pattern"} and ident["pattern"].endswith("{1,12}$")
     with pytest.raises(ValueError):
         tool_call_response_schema([])
+
+
+def test_length_bounded_strings_become_an_equivalent_pattern() -> None:
+    import re
+
+    params = {"type": "object", "properties": {
+        "short": {"type": "string", "minLength": 2, "maxLength": 4},
+        "tagged": {"type": "string", "maxLength": 4, "pattern": "^a+$"},
+        "free": {"type": "string"},
+        "items": {"type": "array", "items": {"type": "string", "maxLength": 3}}}}
+    lowered = decodable(params)
+    short = lowered["properties"]["short"]
+    assert set(short) == {"type", "pattern"}
+    pattern = re.compile(short["pattern"])
+    assert [bool(pattern.match(t)) for t in ("ab", "abcd", "a", "abcde", "a\tb", 'a"b')] == [
+        True, True, False, False, False, False]
+    assert lowered["properties"]["tagged"] == params["properties"]["tagged"]  # has a pattern
+    assert lowered["properties"]["free"] == {"type": "string"}
+    assert "pattern" in lowered["properties"]["items"]["items"]
+    assert params["properties"]["short"] == {"type": "string", "minLength": 2,
+                                             "maxLength": 4}  # the input is not touched
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
