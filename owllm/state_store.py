@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from owllm.errors import StateStoreError
 from owllm.paths import Home, resolve_home
 
@@ -139,7 +141,20 @@ class StateStore:
     def __init__(self, db_path: str | os.PathLike[str]) -> None:
         self.db_path = Path(db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._migrate()
+        # Creating the file, switching it to WAL and migrating need SQLite's exclusive lock,
+        # which its busy timeout does not cover: two processes opening a new store at once
+        # got "database is locked".  One opener at a time does this (the fast path, an
+        # up-to-date file, only reads).
+        lock = FileLock(str(self.db_path.with_name(self.db_path.name + ".init.lock")),
+                        timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            with lock:
+                self._migrate()
+        except Timeout:
+            raise StateStoreError(
+                f"state store {self.db_path}: another process has been opening it for over "
+                f"{BUSY_TIMEOUT_MS // 1000} s", hint="look for a stuck owllm process using "
+                "this home") from None
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -158,6 +173,11 @@ class StateStore:
             raise self._corrupt(exc) from exc
 
     def _corrupt(self, exc: BaseException) -> StateStoreError:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            return StateStoreError(
+                f"state store {self.db_path} is busy: {exc} (another process held its write "
+                f"lock for over {BUSY_TIMEOUT_MS // 1000} s)",
+                hint="retry; if it persists, look for a stuck owllm process using this home")
         return StateStoreError(
             f"state store {self.db_path} cannot be read: {exc}",
             hint="the file is left untouched; move it aside to start with a fresh state "

@@ -43,6 +43,33 @@ def test_four_processes_250_upserts_each(tmp_path: Path) -> None:
     assert StateStore(db).get_model("m3-249")["params"] == {"worker": 3, "i": 249}
 
 
+def _opener(db: str, start: object, errors: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    start.wait()  # type: ignore[attr-defined]
+    try:
+        StateStore(db).upsert_model(f"m{os.getpid()}", "transformers", "x", "k", {})
+    except Exception as exc:
+        errors.put(repr(exc))
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path,
+                                                           round_: int) -> None:
+    """Regression: two pytest workers opening a fresh home's store at the same moment got
+    "database is locked" from the WAL switch (not covered by SQLite's busy timeout)."""
+    db = str(tmp_path / "state.db")
+    ctx = multiprocessing.get_context("fork")
+    start, errors = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_opener, args=(db, start, errors)) for _ in range(16)]
+    for proc in procs:
+        proc.start()
+    start.set()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    assert errors.empty(), errors.get()
+    assert len(StateStore(db).list_models()) == 16
+
+
 def test_guide_api_returns_plain_dicts(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "s.db")
     row = store.upsert_model(model_id="my_model", backend="transformers",
