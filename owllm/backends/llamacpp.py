@@ -75,15 +75,15 @@ def _run_converter(python: Path, args: list[str], what: str) -> None:
 
 def gguf_for(source: Path, quant: str | None, ctx: BackendContext) -> Path:
     """The cached GGUF of a model folder or .gguf file, converted/quantized on first use."""
+    quant = quant.lower() if quant else None
+    if source.is_file() and quant is None:
+        return source  # a .gguf served as is: nothing to hash or convert
     cache = ctx.home.cache_dir / "gguf"
     cache.mkdir(parents=True, exist_ok=True)
     ctx.home.locks_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ctx.home.locks_dir / "gguf.lock")):
         digest = content_digest(source, cache)
-        quant = quant.lower() if quant else None
-        if source.is_file():  # a .gguf: only quantization to do
-            if quant is None:
-                return source
+        if source.is_file() and quant is not None:  # a .gguf: only quantization to do
             out = cache / f"{source.stem}-{digest}.{quant}.gguf"
             if not out.exists():
                 _run_converter(ctx.env.python_executable,
