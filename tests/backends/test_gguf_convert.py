@@ -138,5 +138,6 @@ def test_cache_converts_once_and_follows_content(llama_env: Any, demo_model_dir:
     quantized = gguf_for(model, "Q4_K_M", ctx)  # names are case-insensitive
     assert quantized != first and quantized.name.endswith(".q4_k_m.gguf")
     assert gguf_for(first, "q8_0", ctx).name.endswith(".q8_0.gguf")  # a .gguf requantized
+    assert gguf_for(first, None, ctx) == first  # a .gguf without quant: served as is
     _config(model, rms_norm_eps=1e-6)  # changed content: a new conversion
     assert gguf_for(model, None, ctx) != first
