@@ -142,8 +142,8 @@ class Wheelhouse:
         self.path = base / digest.hexdigest()[:12]
         self.names = tuple(canonical_name(n).replace("-", "_") for n in spec.keep_built_wheels)
 
-    def source_args(self) -> list[str]:
-        return ["--find-links", str(self.path)] if self.path.is_dir() else []
+    def find_links(self) -> tuple[str, ...]:
+        return (str(self.path),) if self.path.is_dir() else ()
 
     def harvest(self, uv_cache: Path, since: float) -> list[Path]:
         """Copy the wheels uv built since ``since`` for our names into the wheelhouse."""
@@ -197,7 +197,7 @@ class UvInstaller:
     def install(self, venv: Path, plan: InstallPlan, log: Path) -> None:
         spec = plan.spec
         if not spec.keep_built_wheels:
-            self._install(venv, plan, log, [])
+            self._install(venv, plan, log)
             return
         house = Wheelhouse(spec)
         house.path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,17 +205,18 @@ class UvInstaller:
         # wheel (two homes building llamacpp-cpu at once would compile twice otherwise).
         with FileLock(str(house.path.parent / f".{house.path.name}.lock")):
             started = time.time()
-            self._install(venv, plan, log, house.source_args())
+            self._install(venv, plan, log, house.find_links())
             cache = uv_cache_dir(self.exe)
             for kept in house.harvest(cache, started) if cache else []:
                 with open(log, "a", encoding="utf-8") as out:
                     out.write(f"kept the built wheel {kept.name} in {house.path}\n")
 
-    def _install(self, venv: Path, plan: InstallPlan, log: Path, house: list[str]) -> None:
+    def _install(self, venv: Path, plan: InstallPlan, log: Path,
+                 find_links: tuple[str, ...] = ()) -> None:
         spec = plan.spec
         base = [self.exe, "pip", "install", "--python", str(venv_python(venv))]
         sources = uv_source_args(plan.pip, spec.extra_index_urls,
-                                 (*spec.find_links, *house[1::2]))
+                                 (*spec.find_links, *find_links))
         torch_args, _ = torch_index_args(spec.torch_index, plan.torch_policy, plan.pip)
         env = _child_env(plan.pip, spec)
         if plan.constraints_file is not None:

@@ -244,9 +244,7 @@ class LLMServerManager:
 def _reap(row: dict[str, Any]) -> list[int]:
     """Leftovers of a server whose own process is gone (see process.reap_leftovers)."""
     extra = row.get("extra")
-    if not isinstance(extra, dict):
-        return []
-    if not extra.get("token") and not extra.get("children"):
+    if not isinstance(extra, dict) or not (extra.get("token") or extra.get("children")):
         return []
     return reap_leftovers(str(extra.get("token") or ""), extra.get("children") or [])
 

@@ -27,7 +27,7 @@ def built(cache: Path, name: str, age_s: float = 0.0) -> Path:
 def test_keeps_only_new_builds_of_the_named_distributions(tmp_path: Path) -> None:
     cache, root = tmp_path / "uv", tmp_path / "wheels"
     house = Wheelhouse(spec("CMAKE_ARGS=-DLLAVA_BUILD=OFF"), root=root)
-    assert house.source_args() == []  # nothing kept yet: no --find-links to a missing dir
+    assert house.find_links() == ()  # nothing kept yet: no --find-links to a missing dir
     started = time.time() - 1
     fresh = built(cache, "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl")
     built(cache, "llama_cpp_python-0.3.35-py3-none-linux_x86_64.whl", age_s=3600)
@@ -35,7 +35,7 @@ def test_keeps_only_new_builds_of_the_named_distributions(tmp_path: Path) -> Non
     kept = house.harvest(cache, since=started)
     assert [k.name for k in kept] == [fresh.name]
     assert kept[0].read_bytes() == fresh.read_bytes()
-    assert house.source_args() == ["--find-links", str(house.path)]
+    assert house.find_links() == (str(house.path),)
     assert not list(house.path.glob(".*"))  # no temporary copies left
     assert house.harvest(cache, since=started) == []  # already kept
 
