@@ -12,6 +12,8 @@ llama-cpp-python serves the model; a small ASGI layer in front of it adds:
   (it knows only ``json_object``).  The schema is compiled to a GBNF grammar here; a schema
   the converter cannot handle is a 400 naming the problem, never a silent fall back to
   unconstrained JSON (which llama-cpp-python's own ``json_object`` path does).
+* Requests queue: llama-cpp-python's default cuts a running stream short whenever another
+  request arrives, which turns into an empty or truncated answer under concurrent clients.
 * The model's config defaults: ``system_prompt`` when a chat has no system message, and
   ``generation`` (max_tokens, temperature, top_p) where a request leaves them out.
 """
@@ -222,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         **overrides,
     }
     print(f"owllm llamacpp_server: loading {model_args['model']}", flush=True)
-    app = create_app(server_settings=ServerSettings(host=args.host, port=args.port),
+    # interrupt_requests=False: llama-cpp-python otherwise ends a running stream early
+    # (with [DONE]) as soon as another request waits; requests queue instead.
+    server = ServerSettings(host=args.host, port=args.port, interrupt_requests=False)
+    app = create_app(server_settings=server,
                      model_settings=[ModelSettings(**model_args)])
     print(f"owllm llamacpp_server: model loaded; serving on {args.host}:{args.port}",
           flush=True)

@@ -16,6 +16,8 @@ import os
 import signal
 import subprocess
 import textwrap
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,30 @@ def test_streaming_sends_chunks_then_done(server: dict[str, Any]) -> None:
     text = "".join((c["choices"][0].get("delta") or {}).get("content") or ""
                    for c in chunks if c.get("choices"))
     assert len(chunks) >= 2 and text
+
+
+def test_a_stream_is_not_cut_by_a_concurrent_request(server: dict[str, Any]) -> None:
+    """Regression: llama-cpp-python ended a running stream (an early [DONE]) as soon as a
+    second request arrived; two xdist workers sharing the server saw empty generations."""
+    body = {"model": server["model"], "stream": True, "max_tokens": 400, "temperature": 0,
+            "messages": [{"role": "user", "content": "Tell a long story."}]}
+    with httpx.stream("POST", server["url"] + "/v1/chat/completions", timeout=120,
+                      json=body) as response:
+        lines = response.iter_lines()
+        first = next(line for line in lines if line.startswith("data:"))
+        other = threading.Thread(target=chat, args=(server,), kwargs={
+            "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 4})
+        other.start()  # arrives while the stream is still generating: the server waits for
+        time.sleep(0.5)  # us to read (backpressure), so the second request is queued now
+        pieces = [first]
+        for line in lines:
+            if line.startswith("data:"):
+                pieces.append(line)
+        other.join(120)
+    chunks = [json.loads(p[5:]) for p in pieces if p[5:].strip() != "[DONE]"]
+    finish = [c["choices"][0].get("finish_reason") for c in chunks if c.get("choices")]
+    assert "length" in finish, finish[-5:]  # the stream ran to its own budget
+    assert not other.is_alive()
 
 
 SCHEMA = {"type": "object", "properties": {
