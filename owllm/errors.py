@@ -66,3 +66,27 @@ class ServerError(OwllmError):
 
 class ServerStartTimeout(ServerError):
     """A server did not become ready before its deadline (or stalled); its group was killed."""
+
+
+class ServerDied(ServerError):
+    """A server (or one of its child processes) died before it was ready.
+
+    ``signal`` is the signal's name when a process was killed by one (``SIGILL``,
+    ``SIGSEGV``, ``SIGKILL``), ``process`` names the process that died first, ``returncode``
+    is the server's own exit status (negative: killed by a signal; None while it still ran),
+    ``excerpt`` the log lines around the first error of this start."""
+
+    def __init__(self, message: str, *, hint: str | None = None, returncode: int | None = None,
+                 signal: str | None = None, process: str | None = None,
+                 log_path: str | None = None, excerpt: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.returncode = returncode
+        self.signal = signal
+        self.process = process
+        self.log_path = log_path
+        self.excerpt = excerpt
+
+    def fields(self) -> dict[str, object]:
+        """The typed fields, for JSON output."""
+        return {"returncode": self.returncode, "signal": self.signal, "process": self.process,
+                "log_path": self.log_path}

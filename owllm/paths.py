@@ -16,6 +16,13 @@ The home is resolved once, in this order: an explicit ``home`` argument (``--hom
 pytest ini key), ``$OWLLM_HOME``, the folder holding the config's ``configs/`` folder, the
 nearest ``configs/llm_backends.yaml`` from the working directory up, else the user's data
 folder (``$XDG_DATA_HOME/owllm`` or ``~/.local/share/owllm``).
+
+The config, when none is given, is the home's own ``configs/llm_backends.yaml`` if it has
+one, else the nearest one from the working directory up (:func:`resolve_config_path`).
+
+A :class:`Home` is path-like (``os.fspath(home)``, ``Path(home)``, ``str(home)`` and f-strings
+give the root folder; ``home / "x"`` is ``home.root / "x"``): a Home handed on where a path is
+expected must never become a folder named ``Home(root=PosixPath(...))``.
 """
 
 from __future__ import annotations
@@ -30,9 +37,26 @@ ENV_HOME = "OWLLM_HOME"
 
 @dataclass(frozen=True)
 class Home:
-    """The resolved home folder and every path derived from it."""
+    """The resolved home folder and every path derived from it.
+
+    It is an ``os.PathLike`` standing for ``root``, so passing a Home where a path is expected
+    (``subprocess`` argv, ``open``, ``Path(...)``, ``str(...)``) means the root folder.
+    """
 
     root: Path
+
+    def __post_init__(self) -> None:
+        # Home(Home(...)) or Home("dir") must still derive Paths (not a nested Home's repr).
+        object.__setattr__(self, "root", Path(os.fspath(self.root)))
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def __truediv__(self, other: str | os.PathLike[str]) -> Path:
+        return self.root / other
 
     @property
     def envs_dir(self) -> Path:
@@ -101,10 +125,12 @@ def default_data_home() -> Path:
 
 
 def resolve_home(
-    home: str | os.PathLike[str] | None = None,
+    home: str | os.PathLike[str] | Home | None = None,
     config_path: str | os.PathLike[str] | None = None,
 ) -> Home:
     """Resolve the home folder (see the module docstring for the order)."""
+    if isinstance(home, Home):
+        return home
     if home:
         return Home(Path(home).expanduser().resolve())
     env = os.environ.get(ENV_HOME)
@@ -118,8 +144,17 @@ def resolve_home(
     return Home(default_data_home())
 
 
-def resolve_config_path(config_path: str | os.PathLike[str] | None = None) -> Path | None:
-    """The config to use: an explicit path, else the nearest one from the working directory."""
+def resolve_config_path(config_path: str | os.PathLike[str] | None = None,
+                        home: Home | None = None) -> Path | None:
+    """The config to use: an explicit path, else the home's ``configs/llm_backends.yaml``
+    (when ``home`` is given and has one), else the nearest one from the working directory up.
+
+    The home's own config wins over the walk-up: with ``--home``/``$OWLLM_HOME`` naming a
+    project, a config found above an unrelated working directory would pair that project's
+    state with someone else's models.
+    """
     if config_path:
         return Path(config_path)
+    if home is not None and (home.root / CONFIG_RELPATH).is_file():
+        return home.root / CONFIG_RELPATH
     return find_config()

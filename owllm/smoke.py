@@ -13,7 +13,7 @@ import httpx
 
 from owllm.backends import get_backend
 from owllm.envs import EnvRegistry
-from owllm.errors import EnvError, OwllmError
+from owllm.errors import EnvError, OwllmError, ServerDied
 from owllm.servers.manager import LLMServerManager, probe_health
 from owllm.servers.ports import LIVE_STATUSES
 
@@ -36,8 +36,20 @@ def env_test(registry: EnvRegistry, key: str) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "packages"}
 
 
-def _error(stage: str, exc: BaseException) -> dict[str, str]:
-    return {"stage": stage, "type": type(exc).__name__, "message": str(exc)[:4000]}
+def _error(stage: str, exc: BaseException) -> dict[str, Any]:
+    error: dict[str, Any] = {"stage": stage, "type": type(exc).__name__,
+                             "message": str(exc)[:4000]}
+    if isinstance(exc, ServerDied):  # which process died, of which signal, where the log is
+        error.update(exc.fields())
+    return error
+
+
+def kernel_report(row: dict[str, Any]) -> dict[str, Any]:
+    """``dtype``/``dtype_reason`` and every host-dependent kernel choice of a server row."""
+    kernels = (row.get("extra") or {}).get("kernels") or {}
+    dtype = kernels.get("dtype") or {}
+    return {"dtype": dtype.get("value"), "dtype_reason": dtype.get("reason"),
+            "kernels": kernels}
 
 
 def generate_stream(url: str, model_id: str, model_type: str, max_tokens: int,
@@ -86,6 +98,7 @@ def model_smoke(manager: LLMServerManager, model_id: str, keep: bool = False) ->
         "server_started": False, "health_ok": False, "generate_ok": False, "errors": [],
         "env_key": None, "port": None, "startup_s": None, "first_token_s": None,
         "tokens_per_s": None, "capabilities": get_backend(model.backend).capabilities.to_dict(),
+        "dtype": None, "dtype_reason": None, "kernels": {},
     }
     before = manager.reconcile(model_id)
     was_running = bool(before and before["status"] in LIVE_STATUSES and before.get("healthy"))
@@ -97,7 +110,7 @@ def model_smoke(manager: LLMServerManager, model_id: str, keep: bool = False) ->
         return result
     result.update(server_started=True, env_key=row.get("env_key"), port=row["port"],
                   startup_s=0.0 if was_running else round(time.perf_counter() - started, 3),
-                  reused_running_server=was_running)
+                  reused_running_server=was_running, **kernel_report(row))
     try:
         result["health_ok"] = probe_health(row["url"])
         if not result["health_ok"]:

@@ -100,12 +100,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX servers_status ON servers (status);
     CREATE INDEX envs_status ON envs (status);
     """,
+    # v3: what an env learned about the host it runs on (CPU kernel decisions).
+    """
+    ALTER TABLE envs ADD COLUMN extra TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _JSON_COLUMNS = frozenset({"params", "spec", "packages", "extra", "data"})
 _ENV_FIELDS = frozenset({"status", "path", "python_path", "torch_version", "cuda_available",
-                         "fingerprint", "last_error", "spec", "packages", "ready_at"})
+                         "fingerprint", "last_error", "spec", "packages", "ready_at", "extra"})
 _SERVER_FIELDS = frozenset({"status", "pid", "port", "host", "started_at", "last_error", "kind",
                             "pgid", "pid_create_time", "url", "env_key", "log_path", "stopped_at",
                             "extra"})
@@ -411,6 +415,28 @@ class StateStore:
 
     def delete_env(self, env_key: str) -> bool:
         return self._delete("envs", "env_key", env_key, "env")
+
+    def record_env_decision(self, env_key: str, setting: str, decision: dict[str, Any]) -> None:
+        """Remember what an env decided about this host (``extra.decisions[setting]``), e.g.
+        that vLLM's bf16 kernels crash here; read back by :meth:`env_decision`."""
+        with self._write() as conn:
+            row = _row(conn.execute("SELECT * FROM envs WHERE env_key = ?",
+                                    (env_key,)).fetchone())
+            if row is None:
+                return  # the env was removed meanwhile: nothing to attach the decision to
+            extra = row.get("extra") or {}
+            extra.setdefault("decisions", {})[setting] = {**decision, "at": now_iso()}
+            conn.execute("UPDATE envs SET extra = ?, updated_at = ? WHERE env_key = ?",
+                         (_encode("extra", extra), now_iso(), env_key))
+            self._event(conn, "env", env_key, row.get("status"),
+                        f"{setting} = {decision.get('value')}: {decision.get('reason')}",
+                        {"decision": setting})
+
+    def env_decision(self, env_key: str, setting: str) -> dict[str, Any] | None:
+        row = self.get_env(env_key)
+        decisions = ((row or {}).get("extra") or {}).get("decisions") or {}
+        found = decisions.get(setting)
+        return found if isinstance(found, dict) else None
 
     # -- servers --------------------------------------------------------------------------
 

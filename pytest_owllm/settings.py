@@ -18,6 +18,10 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
      "OWLLM home for envs, state and logs (default: $OWLLM_HOME, else the config's folder)"),
     ("--owllm-keep-servers", "owllm_keep_servers", "bool",
      "leave the model servers started by this run running afterwards"),
+    ("--owllm", "owllm_suites", "bool",
+     "run OWLLM's built-in env, model, tools and fuzz suites against the selected models, "
+     "next to the collected tests (implied by --owllm-model; ini 'owllm_suites = false' "
+     "turns that off)"),
 )
 
 
@@ -27,6 +31,7 @@ class OwllmSettings:
     models: tuple[str, ...]
     home: Path | None
     keep_servers: bool
+    suites: bool = False  # whether the built-in suites join the collection
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -60,4 +65,20 @@ def resolve(config: pytest.Config) -> OwllmSettings:
         models=models,
         home=Path(str(home)).resolve() if home else None,
         keep_servers=bool(_get(config, "owllm_keep_servers")),
+        suites=_wants_suites(config),
     )
+
+
+def _wants_suites(config: pytest.Config) -> bool:
+    """``--owllm``, else the ini key when set, else whether ``--owllm-model`` was given.
+
+    Only the command-line ``--owllm-model`` implies the suites: an ini ``owllm_models`` is a
+    project's default selection for its own tests and must not pull the suites into every
+    run.  An explicit ``owllm_suites = false`` wins over that implication.
+    """
+    if config.getoption("owllm_suites"):
+        return True
+    ini = config.getini("owllm_suites")
+    if ini is not None:
+        return bool(ini)
+    return bool(config.getoption("owllm_models"))

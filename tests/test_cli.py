@@ -12,8 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def owllm(*args: str, cwd: Path | None = None, env_home: Path | None = None
+def owllm(*args: str, cwd: Path, env_home: Path | None = None
           ) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in ``cwd`` (a tmp folder: nothing may land in the working tree)."""
     import os
 
     env = dict(os.environ)
@@ -23,19 +24,21 @@ def owllm(*args: str, cwd: Path | None = None, env_home: Path | None = None
                           text=True, cwd=cwd, env=env, timeout=120)
 
 
-def test_models_lists_the_config(tmp_home: Path) -> None:
-    result = owllm("--config", str(REPO / "configs" / "llm_backends.yaml"), "models")
+def test_models_lists_the_config(tmp_path: Path, tmp_home: Path) -> None:
+    result = owllm("--config", str(REPO / "configs" / "llm_backends.yaml"), "models",
+                   cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [r["model_id"] for r in rows] == ["demo", "demo-vllm", "demo-llamacpp"]
     assert rows[0]["configured"] is True and rows[0]["registered"] is False
 
 
-def test_state_shows_the_store_of_the_home(tmp_home: Path) -> None:
+def test_state_shows_the_store_of_the_home(tmp_path: Path, tmp_home: Path) -> None:
     from owllm.state_store import get_state_store
 
     get_state_store().upsert_model("m", "transformers", "/m", "k", {})
-    result = owllm("state", "--json", "--config", str(REPO / "configs" / "llm_backends.yaml"))
+    result = owllm("state", "--json", "--config", str(REPO / "configs" / "llm_backends.yaml"),
+                   cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["home"] == str(tmp_home) and data["schema_version"] >= 2
@@ -54,16 +57,16 @@ def test_bad_config_is_exit_2_with_the_line(tmp_path: Path, tmp_home: Path) -> N
     assert json.loads(result.stdout)["error"]["type"] == "ConfigError"
 
 
-def test_unknown_model_is_exit_2_listing_known_ids(tmp_home: Path) -> None:
+def test_unknown_model_is_exit_2_listing_known_ids(tmp_path: Path, tmp_home: Path) -> None:
     result = owllm("model", "smoke", "nope", "--config",
-                   str(REPO / "configs" / "llm_backends.yaml"))
+                   str(REPO / "configs" / "llm_backends.yaml"), cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown model id 'nope'" in result.stderr and "known model ids: demo" in result.stderr
 
 
 @pytest.mark.parametrize("args", [["frobnicate"], ["env"], ["server", "start"]])
-def test_usage_errors_exit_2(args: list[str], tmp_home: Path) -> None:
-    result = owllm(*args)
+def test_usage_errors_exit_2(args: list[str], tmp_path: Path, tmp_home: Path) -> None:
+    result = owllm(*args, cwd=tmp_path)
     assert result.returncode == 2 and "usage:" in result.stderr
 
 

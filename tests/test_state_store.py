@@ -138,7 +138,7 @@ def test_migration_from_previous_version_keeps_data(tmp_path: Path) -> None:
                  "'2025-01-01', '2025-01-01')")
     conn.execute("INSERT INTO servers (model_id, status, pid, port, updated_at) VALUES "
                  "('old', 'RUNNING', 42, 10500, '2025-01-01')")
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    conn.execute("PRAGMA user_version = 1")  # a v1 database: every later migration runs
     conn.commit()
     conn.close()
 
@@ -148,10 +148,13 @@ def test_migration_from_previous_version_keeps_data(tmp_path: Path) -> None:
     server = store.get_server("old")
     assert server["pid"] == 42 and server["kind"] == "model"  # new column, default applied
     store.upsert_server("old", status="STOPPED", pgid=42, log_path="/l")  # new columns usable
-    backup = db.with_name(f"state.db.bak-v{SCHEMA_VERSION - 1}")
+    store.upsert_env("k", status="READY")
+    store.record_env_decision("k", "dtype", {"value": "float32", "reason": "r"})  # v3 column
+    assert store.env_decision("k", "dtype")["value"] == "float32"
+    backup = db.with_name("state.db.bak-v1")
     assert backup.exists()
     old = sqlite3.connect(backup)
-    assert old.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION - 1
+    assert old.execute("PRAGMA user_version").fetchone()[0] == 1
     assert old.execute("SELECT model_id FROM models").fetchall() == [("old",)]
     old.close()
 

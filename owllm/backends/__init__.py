@@ -8,12 +8,14 @@ Adding a backend (say SGLang or TGI) is one module here plus an entry in ``BACKE
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from owllm.backends._kernels import KernelChoice
     from owllm.config import ModelConfig
     from owllm.envs import EnvRegistry, EnvSpec
     from owllm.paths import Home
@@ -51,6 +53,9 @@ class LaunchSpec:
     # A real generation is part of readiness when /health alone can lie (vLLM keeps answering
     # 200 after its engine died).
     ready_needs_completion: bool = False
+    # Host-dependent CPU settings (dtype, kernel families) and why they have their value;
+    # one with a ``fallback`` is retried with it when the server dies of a CPU fault.
+    kernels: tuple[KernelChoice, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,8 @@ class BackendContext:
     env: EnvSpec  # the model's own env (the server runs with its python)
     base_dir: Path  # where relative paths in the config resolve
     registry: EnvRegistry  # for helper envs (building a demo model for llama.cpp)
+    # Kernel choices forced for this start (after a CPU fault), by setting name.
+    kernel_overrides: Mapping[str, KernelChoice] = field(default_factory=dict)
 
 
 class Backend(Protocol):

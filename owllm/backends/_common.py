@@ -11,6 +11,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from owllm import progress
 from owllm.backends import BackendContext
 from owllm.config import DEMO_SCHEME, ModelConfig
 from owllm.errors import ServerError, UsageError
@@ -30,14 +31,16 @@ def materialize_demo(name: str, home: Home, python: Path) -> Path:
     seed = DEMO_MODELS[name]
     out = home.cache_dir / "models" / f"{name}-seed{seed}"
     home.locks_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(home.locks_dir / f"demo-{name}.lock")):
+    # The first build trains a tokenizer and writes weights; later runs only check the marker.
+    with (progress.step(f"preparing demo model {DEMO_SCHEME}{name} in {out}"),
+          FileLock(str(home.locks_dir / f"demo-{name}.lock"))):
         result = subprocess.run(
             [str(python), str(DEMO_BUILDER), "--out", str(out), "--seed", str(seed)],
             capture_output=True, text=True, check=False,
         )
-    if result.returncode != 0:
-        raise ServerError(f"building demo model {name!r} failed (exit {result.returncode}):\n"
-                          f"{(result.stderr or result.stdout)[-3000:]}")
+        if result.returncode != 0:
+            raise ServerError(f"building demo model {name!r} failed (exit {result.returncode})"
+                              f":\n{(result.stderr or result.stdout)[-3000:]}")
     return out
 
 

@@ -19,8 +19,10 @@ from typing import Any
 
 from filelock import FileLock
 
+from owllm import progress
 from owllm.backends import BackendContext, Capabilities, LaunchSpec
 from owllm.backends._common import hf_model_path, runs_on_cpu, write_run_file
+from owllm.backends._kernels import KernelChoice, choose
 from owllm.config import ModelConfig
 from owllm.errors import ServerError, UsageError
 
@@ -66,11 +68,12 @@ def content_digest(source: Path, cache: Path) -> str:
 
 
 def _run_converter(python: Path, args: list[str], what: str) -> None:
-    result = subprocess.run([str(python), str(CONVERTER), *args], capture_output=True,
-                            text=True, check=False)
-    if result.returncode != 0:
-        raise ServerError(f"{what} failed (exit {result.returncode}):\n"
-                          f"{(result.stderr or result.stdout)[-3000:]}")
+    with progress.step(what):  # minutes for a 7B model: say so
+        result = subprocess.run([str(python), str(CONVERTER), *args], capture_output=True,
+                                text=True, check=False)
+        if result.returncode != 0:
+            raise ServerError(f"{what} failed (exit {result.returncode}):\n"
+                              f"{(result.stderr or result.stdout)[-3000:]}")
 
 
 def gguf_for(source: Path, quant: str | None, ctx: BackendContext) -> Path:
@@ -95,7 +98,7 @@ def gguf_for(source: Path, quant: str | None, ctx: BackendContext) -> Path:
             args = ["--model-dir", str(source), "--out", str(out)]
             _run_converter(ctx.env.python_executable,
                            args + (["--quant", quant] if quant else []),
-                           f"converting {source} to GGUF")
+                           f"converting {source} to GGUF ({quant or 'f16'})")
         return out
 
 
@@ -126,6 +129,7 @@ class LlamaCppBackend:
     def launch(self, model: ModelConfig, model_path: Path | str, ctx: BackendContext,
                host: str, port: int) -> LaunchSpec:
         gpu = not runs_on_cpu(model, ctx)
+        buffers = extra_buffers_choice(ctx, gpu)
         config_file = write_run_file(ctx.home, f"{model.model_id}.json", {
             "model_id": model.model_id,
             "model_path": str(model_path),
@@ -135,8 +139,31 @@ class LlamaCppBackend:
                            "temperature": model.generation.temperature,
                            "top_p": model.generation.top_p},
             "model_settings": {"n_gpu_layers": -1} if gpu else {},
+            "extra_buffers": buffers.value == "on",
         })
         argv = (str(ctx.env.python_executable), str(SERVER_SCRIPT), "--config-json",
                 str(config_file), "--host", host, "--port", str(port), *model.server_args)
         return LaunchSpec(argv=argv, env={"PYTHONUNBUFFERED": "1"},
-                          ready_needs_completion=True)
+                          ready_needs_completion=True,
+                          kernels=(gguf_dtype(model, model_path), buffers))
+
+
+def gguf_dtype(model: ModelConfig, model_path: Path | str) -> KernelChoice:
+    """The weights' type: llama.cpp computes in what the GGUF holds."""
+    if model.quant:
+        return KernelChoice("dtype", model.quant.lower(), "quant: in the model's config")
+    if str(model_path).endswith(".f16.gguf"):
+        return KernelChoice("dtype", "f16", "the model was converted to an f16 GGUF")
+    return KernelChoice("dtype", "gguf", f"as stored in {Path(model_path).name}")
+
+
+# llama.cpp's extra buffer types: AMX int8 tiles (compiled in when the CPU lists AMX) and
+# repacked Q4 layouts.  They serve quantized weights only; f16 never uses them.
+EXTRA_BUFFER_FEATURES = ("amx_tile", "amx_int8")
+
+
+def extra_buffers_choice(ctx: BackendContext, gpu: bool) -> KernelChoice:
+    if gpu:
+        return KernelChoice("extra_buffers", "on", "GPU host: CPU kernels unused")
+    return choose(ctx, "extra_buffers", fast="on", safe="off", needs=EXTRA_BUFFER_FEATURES,
+                  fast_reason="the host runs the CPU kernels llama.cpp picks (probed)")

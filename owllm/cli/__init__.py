@@ -32,13 +32,15 @@ GROUP_EXTRAS: tuple[tuple[str, str], ...] = (
 )
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("owllm.cli.state", "register"),
+    ("owllm.cli.init", "register"),
 )
 
 
 def _global_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
-                        help="model config (default: nearest configs/llm_backends.yaml)")
+                        help="model config (default: the home's configs/llm_backends.yaml, "
+                             "else the nearest one from the working directory up)")
     parent.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
                         help="OWLLM home (default: $OWLLM_HOME, else the config's folder)")
     parent.add_argument("--json", action="store_true", default=argparse.SUPPRESS,

@@ -24,7 +24,12 @@ from owllm.state_store import StateStore
 
 @dataclass
 class Context:
-    """What the global options (``--config``, ``--home``, ``--json``) resolve to, lazily."""
+    """What the global options (``--config``, ``--home``, ``--json``) resolve to, lazily.
+
+    Nothing is read before a command asks for it: commands that only look at runtime state
+    (``state``, ``server status|stop|logs``, ``env list``) use ``home`` and ``store`` and never
+    touch the config, so they work from the home alone and a broken YAML cannot fail them.
+    """
 
     config_arg: str | None
     home_arg: str | None
@@ -36,11 +41,23 @@ class Context:
                    bool(getattr(args, "json", False)))
 
     @cached_property
+    def _home(self) -> Home:
+        # Resolved without creating anything: looking for a config must not make folders.
+        return resolve_home(self.home_arg, self.config_arg)
+
+    @cached_property
+    def config_path_or_none(self) -> Path | None:
+        """``--config``, else the home's ``configs/llm_backends.yaml``, else the nearest one
+        from the working directory up; None when there is none."""
+        return resolve_config_path(self.config_arg, self._home)
+
+    @cached_property
     def config_path(self) -> Path:
-        path = resolve_config_path(self.config_arg)
+        path = self.config_path_or_none
         if path is None:
-            raise UsageError("no configs/llm_backends.yaml found from the working directory up",
-                             hint="pass --config PATH")
+            raise UsageError(
+                f"no configs/llm_backends.yaml found in the home ({self._home.root}) or from "
+                "the working directory up", hint="pass --config PATH")
         return path
 
     @cached_property
@@ -49,8 +66,7 @@ class Context:
 
     @cached_property
     def home(self) -> Home:
-        config = self.config_arg or (str(resolve_config_path(None) or "") or None)
-        return resolve_home(self.home_arg, config).ensure()
+        return self._home.ensure()
 
     @cached_property
     def store(self) -> StateStore:

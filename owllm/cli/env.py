@@ -10,14 +10,15 @@ from owllm.cli._common import Context, emit, info
 from owllm.envs import layout
 from owllm.envs.legacy import list_legacy, migrate
 from owllm.envs.registry import EnvRegistry
-from owllm.paths import resolve_config_path
 from owllm.smoke import env_test
 
 
 def _registry(args: argparse.Namespace) -> tuple[Context, EnvRegistry]:
     ctx = Context.from_args(args)
-    registry = EnvRegistry(home=ctx.home, config_path=resolve_config_path(ctx.config_arg),
-                           progress=None if not ctx.json else False)
+    # The registry reads the config only when a command needs models (resolve, gc, test of
+    # a model's key): `env list` works from the home alone, whatever state the YAML is in.
+    # Progress goes to stderr, so it stays on with --json (stdout holds only the JSON).
+    registry = EnvRegistry(home=ctx.home, config_path=ctx.config_path_or_none)
     return ctx, registry
 
 

@@ -1,12 +1,22 @@
-"""``owllm server start|stop|restart|status|logs``: manage model servers by hand."""
+"""``owllm server start|stop|restart|status|logs``: manage model servers by hand.
+
+``start`` and ``restart`` need the model's config entry.  ``status``, ``stop`` and ``logs`` act
+on what the StateStore records, so they work from the home alone (``--home`` or
+``$OWLLM_HOME``, from any working directory) and never read, or fail on, the YAML.
+"""
 
 from __future__ import annotations
 
 import argparse
+from types import MappingProxyType
 from typing import Any
 
 from owllm.cli._common import Context, emit
 from owllm.cli.model import manager_for
+from owllm.config import Config
+from owllm.errors import UsageError
+from owllm.paths import CONFIG_RELPATH
+from owllm.servers.manager import LLMServerManager
 
 COLUMNS = ["model_id", "status", "healthy", "pid", "port", "url", "env_key", "started_at"]
 
@@ -27,6 +37,18 @@ def register(subparsers: Any, parents: argparse.ArgumentParser) -> None:
     logs.add_argument("-n", "--lines", type=int, default=50)
 
 
+def state_manager_for(ctx: Context) -> LLMServerManager:
+    """A manager that knows no models, for commands that only act on StateStore rows.
+
+    Stop, status and logs never look a model up in the config (the manager keys everything
+    on the recorded row: pid and create time, process group, token, descendants), so an
+    empty config is enough and the YAML is neither needed nor validated.  Stopping still goes
+    through the manager's own stop path.
+    """
+    placeholder = Config(path=ctx.home.root / CONFIG_RELPATH, models=MappingProxyType({}))
+    return LLMServerManager(placeholder, home=ctx.home)
+
+
 def _public(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
@@ -42,7 +64,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     ctx = Context.from_args(args)
-    row = manager_for(ctx).stop_server(args.model_id)
+    row = state_manager_for(ctx).stop_server(args.model_id)
     emit(ctx, _public(row) or {"model_id": args.model_id, "status": "NOT_STARTED"}, COLUMNS)
     return 0
 
@@ -56,12 +78,18 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     ctx = Context.from_args(args)
-    rows = [_public(r) for r in manager_for(ctx).status(args.model_id)]
+    rows = [_public(r) for r in state_manager_for(ctx).status(args.model_id)]
     emit(ctx, rows, COLUMNS)
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     ctx = Context.from_args(args)
-    print(manager_for(ctx).logs(args.model_id, args.lines))
+    manager = state_manager_for(ctx)
+    if (manager.store.get_server(args.model_id) is None
+            and not (ctx.home.logs_dir / f"{args.model_id}.log").is_file()):
+        known = ", ".join(r["model_id"] for r in manager.store.list_servers(kind="model"))
+        raise UsageError(f"no server recorded for model {args.model_id!r} in {ctx.home.root}",
+                         hint=f"servers in this home: {known or '(none)'}")
+    print(manager.logs(args.model_id, args.lines))
     return 0

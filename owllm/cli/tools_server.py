@@ -7,7 +7,6 @@ from typing import Any
 
 from owllm.cli._common import Context, emit
 from owllm.cli.model import manager_for
-from owllm.paths import resolve_config_path
 
 COLUMNS = ["model_id", "status", "healthy", "pid", "port", "url", "started_at"]
 
@@ -33,7 +32,7 @@ def register(subparsers: Any, parents: argparse.ArgumentParser) -> None:
 
 
 def _config(ctx: Context) -> Any:
-    return ctx.config if resolve_config_path(ctx.config_arg) is not None else None
+    return ctx.config if ctx.config_path_or_none is not None else None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -1,9 +1,9 @@
 """Installers behind one small Protocol: uv (preferred) and ``python -m venv`` + pip (fallback).
 
-Both run as child processes whose output goes to a log file (and, on a terminal, to stderr as
-progress); on Linux the child is killed when its builder dies (``PR_SET_PDEATHSIG``), so a
-kill -9 of the builder never leaves an installer writing into a directory that a later call
-is about to clean up.
+Both run as child processes whose output goes to a log file (its latest line is shown with
+the running progress step); on Linux the child is killed when its builder dies
+(``PR_SET_PDEATHSIG``), so a kill -9 of the builder never leaves an installer writing into a
+directory that a later call is about to clean up.
 """
 
 from __future__ import annotations
@@ -145,6 +145,13 @@ class Wheelhouse:
     def find_links(self) -> tuple[str, ...]:
         return (str(self.path),) if self.path.is_dir() else ()
 
+    def missing(self, spec: BuildSpec) -> tuple[str, ...]:
+        """The spec's ``keep_built_wheels`` with no kept wheel (of the pinned version)."""
+        pins = {canonical_name(p).replace("-", "_"): p.split(";")[0].partition("==")[2].strip()
+                for p in spec.packages}
+        return tuple(shown for shown, name in zip(spec.keep_built_wheels, self.names, strict=True)
+                     if not any(self.path.glob(f"{name}-{pins.get(name) or '*'}-*.whl")))
+
     def harvest(self, uv_cache: Path, since: float) -> list[Path]:
         """Copy the wheels uv built since ``since`` for our names into the wheelhouse."""
         kept = []
@@ -282,6 +289,24 @@ class PipInstaller:
         if spec.no_deps:
             run_logged([*base, *sources, *torch_args, "--no-deps", *spec.no_deps], log,
                        env=env, progress=self.progress)
+
+
+def describe_install(installer: Installer, plan: InstallPlan) -> str:
+    """What ``installer.install(plan)`` does, for its progress step: a source build takes
+    minutes (llama-cpp-python: ~4 on 2 cores), so it is named."""
+    spec = plan.spec
+    text = (f"installing {spec.key} from {plan.constraints_file.name}" if plan.constraints_file
+            else f"installing {len(spec.packages)} package{'s' * (len(spec.packages) != 1)} "
+                 f"into {spec.key}")
+    text += f" with {installer.name}"
+    compiled = (Wheelhouse(spec).missing(spec) if isinstance(installer, UvInstaller)
+                else spec.keep_built_wheels)  # pip keeps no wheels: it builds every time
+    # An extra index or wheel folder may hold a binary wheel (llama.cpp's CUDA builds).
+    verb = "may compile" if spec.extra_index_urls or spec.find_links else "compiling"
+    if compiled:
+        return f"{text} ({verb} {', '.join(compiled)} from source: minutes)"
+    kept = ", ".join(spec.keep_built_wheels)
+    return f"{text} ({kept} from OWLLM's kept wheel)" if kept else text
 
 
 def find_uv() -> str | None:

@@ -15,22 +15,31 @@ READY row never points at a half-built env (see :mod:`owllm.envs.layout`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
+from owllm import progress
 from owllm.config import Config, ModelConfig, load_config
 from owllm.envs import layout
-from owllm.envs.installer import InstallFailed, InstallPlan, choose_installer, find_uv
+from owllm.envs.installer import (
+    InstallFailed,
+    InstallPlan,
+    choose_installer,
+    describe_install,
+    find_uv,
+)
 from owllm.envs.pipconf import read_pip_settings
 from owllm.envs.probe_runner import run_probe
 from owllm.envs.resolve import Resolution, resolve_env_key, spec_for_key
@@ -62,12 +71,12 @@ def _crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _progress_enabled() -> bool:
-    return sys.stderr.isatty() and "PYTEST_CURRENT_TEST" not in os.environ
-
-
 class EnvRegistry:
-    """Shared envs of one home: resolve keys, provision, probe, list."""
+    """Shared envs of one home: resolve keys, provision, probe, list.
+
+    ``progress``: builds, probes and waits report on stderr (:mod:`owllm.progress`); False
+    silences them and what they nest, None leaves it to ``progress.default_enabled()``.
+    """
 
     def __init__(self, home: str | os.PathLike[str] | Home | None = None,
                  config_path: str | os.PathLike[str] | None = None,
@@ -79,7 +88,7 @@ class EnvRegistry:
                      else resolve_home(home, self.config_path)).ensure()
         self._profile = profile
         self._envs_path = Path(envs_config_path) if envs_config_path else None
-        self.progress = _progress_enabled() if progress is None else progress
+        self.progress = progress
         self.store = StateStore(self.home.state_db)
 
     # -- configuration --------------------------------------------------------------------
@@ -157,7 +166,7 @@ class EnvRegistry:
             if hit is not None:
                 return hit
         lock = FileLock(str(self.home.locks_dir / f"env-{key}.lock"), timeout=LOCK_TIMEOUT_S)
-        with lock:
+        with self._holding(lock, f"waiting for another process working on env {key}"):
             for stale in layout.stale_builds(self.home, key, locked=True):
                 layout.remove_path(stale)
             if not (from_constraints or force):
@@ -168,7 +177,22 @@ class EnvRegistry:
                 reused = self._reuse(key, spec, expected)
                 if reused is not None:
                     return reused
-            return self._build(key, spec, expected, from_constraints)
+            with progress.step(f"building env {key} (log: {self._log_file(key)})",
+                               enabled=self.progress):
+                return self._build(key, spec, expected, from_constraints)
+
+    @contextlib.contextmanager
+    def _holding(self, lock: FileLock, waiting: str) -> Iterator[None]:
+        """Hold ``lock``; a wait for another process (its build can take minutes) is shown."""
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            with progress.step(waiting, enabled=self.progress):
+                lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _fast_path(self, key: str, expected: str) -> EnvSpec | None:
         row = self.store.get_env(key)
@@ -212,20 +236,23 @@ class EnvRegistry:
                               spec=spec.to_dict(), last_error=None)
         self.store.record_event("env", key, "BUILD_STARTED", f"building env {key}",
                                 {"pid": os.getpid(), "from_constraints": from_constraints})
-        log = self.home.logs_dir / f"env-{key}.log"
+        log = self._log_file(key)
         root = layout.new_build_dir(self.home, key)
         try:
-            installer = choose_installer(self._echo if self.progress else None,
-                                         lambda: _crash_point("mid_install"))
+            # The installer's output lines become the running step's detail (uv's
+            # "Building llama-cpp-python==…" while it compiles).
+            installer = choose_installer(progress.update, lambda: _crash_point("mid_install"))
             plan = InstallPlan(spec=spec, pip=read_pip_settings(),
                                torch_policy=str(self.envs_config.torch_index.get("use", "auto")),
                                constraints_file=constraints if from_constraints else None)
-            self._echo(f"owllm: building env {key} with {installer.name} (log: {log})")
-            installer.create_venv(root / ".venv", _base_python(), plan, log)
+            with progress.step(f"creating the venv with {installer.name}"):
+                installer.create_venv(root / ".venv", _base_python(), plan, log)
             _crash_point("after_venv")
-            installer.install(root / ".venv", plan, log)
+            with progress.step(describe_install(installer, plan)):
+                installer.install(root / ".venv", plan, log)
             _crash_point("after_install")
-            result = run_probe(layout.python_for(root), spec)
+            with progress.step(f"probing the new env {key}"):
+                result = run_probe(layout.python_for(root), spec)
             if result["status"] != "PASS":
                 raise EnvError(f"env {key} failed its health probe: "
                                + "; ".join(f"{e['module']}: {e['error']}"
@@ -255,7 +282,6 @@ class EnvRegistry:
             raise EnvError(f"building env {key} failed: {exc!r}") from exc
         if previous is not None and previous.resolve() != root.resolve():
             layout.remove_path(previous)
-        self._echo(f"owllm: env {key} ready")
         return self._mark_ready(key, spec, expected, result)
 
     def _mark_ready(self, key: str, spec: BuildSpec, expected: str,
@@ -278,7 +304,8 @@ class EnvRegistry:
         spec = spec or self.spec(key)
         python = layout.python_for(layout.link_path(self.home, key))
         constraints = self.constraints_path(key)
-        return run_probe(python, spec, constraints if constraints.is_file() else None)
+        with progress.step(f"probing env {key}", enabled=self.progress):
+            return run_probe(python, spec, constraints if constraints.is_file() else None)
 
     def mark_failed(self, key: str, error: str) -> None:
         """Record a failed probe so the next ``ensure_env`` rebuilds."""
@@ -299,15 +326,13 @@ class EnvRegistry:
             self.store.delete_env(key)
         return existed
 
+    def _log_file(self, key: str) -> Path:
+        return self.home.logs_dir / f"env-{key}.log"
+
     def _log(self, key: str, message: str, data: dict[str, Any]) -> None:
         self.store.record_event("env", key, None, message, data)
-        log = self.home.logs_dir / f"env-{key}.log"
-        with log.open("a", encoding="utf-8") as out:
+        with self._log_file(key).open("a", encoding="utf-8") as out:
             out.write(f"[{now_iso()}] {message}: {json.dumps(data, default=str)}\n")
-
-    def _echo(self, line: str) -> None:
-        if self.progress:
-            print(line, file=sys.stderr, flush=True)
 
 
 def _base_python() -> Path:

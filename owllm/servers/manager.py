@@ -17,10 +17,12 @@ from typing import Any
 import httpx
 from filelock import FileLock
 
+from owllm import progress
 from owllm.backends import BackendContext, LaunchSpec, get_backend
+from owllm.backends._kernels import CPU_FAULT_SIGNALS, KernelChoice, record_fallback
 from owllm.config import Config, ModelConfig, load_config
 from owllm.envs import EnvRegistry
-from owllm.errors import ServerError
+from owllm.errors import ServerDied, ServerError
 from owllm.paths import Home, resolve_home
 from owllm.servers.ports import LIVE_STATUSES, choose_port
 from owllm.servers.process import (
@@ -81,7 +83,11 @@ class LLMServerManager:
                 return current
             if current and current["status"] in LIVE_STATUSES:
                 self._stop(current)  # alive but not serving: replace it
-            return self._start(model)
+            # On a first run this builds the env and the weights (demo model, GGUF) too:
+            # minutes, so it is a progress step.
+            with progress.step(f"starting the {model.backend} server of {model_id}",
+                               enabled=getattr(self.registry, "progress", None)):
+                return self._start(model)
 
     def _start(self, model: ModelConfig) -> dict[str, Any]:
         backend = get_backend(model.backend)
@@ -94,18 +100,26 @@ class LLMServerManager:
         ctx = BackendContext(home=self.home, env=env, base_dir=base_dir, registry=self.registry)
         model_path = backend.model_path(model, ctx)
         log_path = self.home.logs_dir / f"{model.model_id}.log"
-        last_error: ServerError | None = None
-        for _attempt in range(2):  # a port lost to another program between check and bind
+        port_retried = False
+        while True:
             port = self._claim_port(model, env.key, log_path)
             spec = backend.launch(model, model_path, ctx, HOST, port)
             try:
                 return self._run(model, spec, port, log_path)
-            except ServerError as exc:
-                last_error = exc
-                if "address already in use" not in tail(log_path).lower():
-                    break
-        assert last_error is not None
-        raise last_error
+            except ServerDied as exc:
+                # A CPU fault with a host-dependent fast kernel: fall back once, remembered.
+                choice = _fallback_for(spec, exc)
+                if choice is not None and choice.setting not in ctx.kernel_overrides:
+                    safe = record_fallback(ctx, choice, str(exc.signal), str(exc.process))
+                    ctx = dataclasses.replace(
+                        ctx, kernel_overrides={**ctx.kernel_overrides, choice.setting: safe})
+                    continue
+                if port_retried or not _lost_port(log_path):
+                    raise
+            except ServerError:
+                if port_retried or not _lost_port(log_path):
+                    raise
+            port_retried = True  # a port lost to another program between check and bind
 
     def _claim_port(self, model: ModelConfig, env_key: str, log_path: Path) -> int:
         with FileLock(str(self.home.locks_dir / "ports.lock")):
@@ -124,6 +138,10 @@ class LLMServerManager:
              log_path: Path) -> dict[str, Any]:
         url = f"http://{HOST}:{port}"
         token = f"{model.model_id}-{uuid.uuid4().hex[:16]}"
+        try:
+            log_offset = log_path.stat().st_size
+        except OSError:
+            log_offset = 0
         proc = launch(spec.argv, log_path,
                       env={**os.environ, **spec.env, SERVER_TOKEN_VAR: token})
         self._children[model.model_id] = proc
@@ -143,22 +161,26 @@ class LLMServerManager:
         try:
             seconds = wait_ready(proc, ready, log_path, deadline_s=model.startup_timeout_s,
                                  stall_timeout_s=model.stall_timeout_s,
-                                 what=f"server of model {model.model_id!r}")
+                                 what=f"server of model {model.model_id!r}",
+                                 log_offset=log_offset)
         except ServerError as exc:
             kill_group(ident.pgid, ident.pid)
             proc.wait()
             reap_leftovers(token)
             error = exc
-            if health_only[0]:
-                error = type(exc)(f"{exc.message}\n{spec.health_path} answered 200 but a "
-                                  "one-token completion failed: the server is up, its engine "
-                                  "is not (see the log)", hint=exc.hint)
+            if health_only[0]:  # said first: the log excerpt after it can be long
+                head, _, rest = exc.message.partition("\n")
+                exc.message = (f"{head}\n{spec.health_path} answered 200 but a one-token "
+                               f"completion failed: the server is up, its engine is not\n"
+                               f"{rest}").rstrip()
             self.store.upsert_server(model.model_id, status=SERVER_FAILED,
                                      last_error=error.message[:4000], stopped_at=now_iso())
             raise error from None
         return self.store.upsert_server(model.model_id, status=SERVER_RUNNING,
                                         extra={"startup_s": round(seconds, 3),
                                                "token": token,
+                                               "kernels": {k.setting: k.to_dict()
+                                                           for k in spec.kernels},
                                                "children": descendants(ident.pid)}) | {
             "healthy": True}
 
@@ -239,6 +261,17 @@ class LLMServerManager:
                 return True
             time.sleep(0.1)
         return False
+
+
+def _fallback_for(spec: LaunchSpec, exc: ServerDied) -> KernelChoice | None:
+    """The kernel choice to give up after ``exc``, when it was a CPU fault."""
+    if exc.signal not in CPU_FAULT_SIGNALS:
+        return None
+    return next((k for k in spec.kernels if k.fallback is not None), None)
+
+
+def _lost_port(log_path: Path) -> bool:
+    return "address already in use" in tail(log_path).lower()
 
 
 def _reap(row: dict[str, Any]) -> list[int]:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import psutil
 
-from owllm.errors import ServerError, ServerStartTimeout
+from owllm.errors import ServerDied, ServerStartTimeout
+from owllm.servers.diagnose import TreeWatch, diagnose
 
 LOG_TAIL_LINES = 30
 
@@ -87,9 +88,12 @@ def launch(argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = 
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: "
                   f"{' '.join(argv)}\n".encode())
         log.flush()
+        # Python's fault handler in every Python process of the tree: a process that a
+        # fatal signal kills (SIGILL, SIGSEGV) says so in the log, with its Python stack.
+        child_env = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1"}
         return subprocess.Popen(
             list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=cwd, env=dict(env) if env is not None else None, start_new_session=True,
+            cwd=cwd, env=child_env, start_new_session=True,
         )
 
 
@@ -102,20 +106,27 @@ def wait_ready(
     stall_timeout_s: float,
     what: str,
     interval_s: float = 0.25,
+    log_offset: int = 0,
 ) -> float:
-    """Poll ``check`` until True; return the seconds it took.  See the module docstring."""
+    """Poll ``check`` until True; return the seconds it took.  See the module docstring.
+
+    ``log_offset`` is where this start's output begins in the log: errors quote the first
+    error after it (see :mod:`owllm.servers.diagnose`)."""
     start = time.monotonic()
     last_size, last_progress = -1, start
+    watch = TreeWatch(proc.pid)
     while True:
+        watch.poll()
         exit_code = _exit_code(proc)
         if exit_code is not None:
-            raise ServerError(
-                f"{what} exited with code {exit_code} before it was ready; "
-                f"last log lines ({log_path}):\n{tail(log_path)}",
-                hint=f"read the whole log: {log_path}",
-            )
+            raise died(what, exit_code, log_path, log_offset, watch)
         if check():
             return time.monotonic() - start
+        if watch.vanished:
+            found = diagnose(log_path, log_offset, None, watch)
+            if found.signal:  # a child was killed: the server cannot become ready
+                kill_group(_pgid(proc), proc.pid)
+                raise died(what, _exit_code(proc), log_path, log_offset, watch)
         now = time.monotonic()
         try:
             size = log_path.stat().st_size
@@ -136,6 +147,19 @@ def wait_ready(
                      "model is just slow to load",
             )
         time.sleep(interval_s)
+
+
+def died(what: str, exit_code: int | None, log_path: Path, log_offset: int,
+         watch: TreeWatch | None) -> ServerDied:
+    """The typed error for a server that ended (or lost a child) before it was ready."""
+    found = diagnose(log_path, log_offset, exit_code, watch)
+    summary = found.summary(exit_code) or (
+        f"it exited with code {exit_code}" if exit_code is not None else "it died")
+    return ServerDied(
+        f"{what} died before it was ready: {summary}.\nFirst error in the log "
+        f"({log_path}):\n{found.excerpt}",
+        hint=f"read the whole log: {log_path}", returncode=exit_code, signal=found.signal,
+        process=found.process, log_path=str(log_path), excerpt=found.excerpt)
 
 
 def _exit_code(proc: subprocess.Popen[bytes] | Identity) -> int | None:
@@ -169,12 +193,12 @@ def kill_group(pgid: int, pid: int | None = None, grace_s: float = 5.0) -> None:
     _signal_group(pgid, signal.SIGTERM)
     for member in members:
         _signal(member, signal.SIGTERM)
-    _gone, alive = psutil.wait_procs(members, timeout=grace_s)
+    _gone, alive = _wait_gone(members, timeout=grace_s)
     if _group_alive(pgid) or alive:
         _signal_group(pgid, signal.SIGKILL)
         for member in alive:
             _signal(member, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=grace_s)
+        _wait_gone(alive, timeout=grace_s)
     deadline = time.monotonic() + grace_s
     while _group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -227,11 +251,33 @@ def reap_leftovers(token: str = "", known: list[list[float]] | None = None,
     procs = list(found.values())
     for proc in procs:
         _signal(proc, signal.SIGTERM)
-    _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
+    _gone, alive = _wait_gone(procs, timeout=grace_s)
     for proc in alive:
         _signal(proc, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=grace_s)
+    _wait_gone(alive, timeout=grace_s)
     return sorted(found)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float
+               ) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """``psutil.wait_procs`` that counts a zombie as gone: a process that is not our child
+    stays a zombie until its parent (or init) reaps it, and some containers' pid 1 never
+    does, so waiting for it to vanish would always wait out the grace period."""
+    deadline = time.monotonic() + timeout
+    alive = list(procs)
+    while True:
+        _gone, alive = psutil.wait_procs(alive, timeout=0)
+        alive = [p for p in alive if not _is_zombie(p)]
+        if not alive or time.monotonic() >= deadline:
+            return [p for p in procs if p not in alive], alive
+        time.sleep(0.05)
+
+
+def _is_zombie(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

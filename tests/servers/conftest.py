@@ -36,6 +36,8 @@ class StubBackend:
 class ThisPython:
     """Stands in for EnvRegistry: every model runs on the test interpreter."""
 
+    progress = False
+
     def get_env_for_model(self, model: Any) -> EnvSpec:
         return EnvSpec(key="system-python", path=Path(sys.prefix),
                        python_executable=Path(sys.executable))

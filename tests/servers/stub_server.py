@@ -1,7 +1,10 @@
 """A small real HTTP server standing in for a model server in supervision tests.
 
 Modes: ok (healthy at once), slow (healthy after --delay s, logging meanwhile), exit (exits 3
-before serving), stall (never healthy, never logs), lying (/health 200 but completions 500).
+before serving), stall (never healthy, never logs), lying (/health 200 but completions 500),
+child-sigill (a worker child dies of a real SIGILL; the server logs shutdown chatter and
+exits 0, as vLLM's API server does), sigill-unless-safe (child-sigill unless ``--kernel
+safe``: a fast kernel this "host" cannot run).
 ``--children`` spawns a grandchild in the group and one in its own session (vLLM-like).
 """
 
@@ -9,10 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+if sys.argv[1:2] == ["worker"]:  # the child of child-sigill: "loads", then faults
+    print("worker: loading kernels", flush=True)
+    time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGILL)
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--host", default="127.0.0.1")
@@ -20,7 +30,15 @@ parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--mode", default="ok")
 parser.add_argument("--delay", type=float, default=0.0)
 parser.add_argument("--children", action="store_true")
+parser.add_argument("--kernel", default="")
 args = parser.parse_args()
+
+if args.mode == "child-sigill" or (args.mode == "sigill-unless-safe" and args.kernel != "safe"):
+    print(f"stub: starting a worker with kernel {args.kernel or '-'}", flush=True)
+    subprocess.run([sys.executable, __file__, "worker"], check=False)
+    for n in range(40):  # what a dying engine prints after the real error
+        print(f"stub: shutdown chatter {n}", flush=True)
+    sys.exit(0)
 
 if args.mode == "exit":
     print("stub: failing on purpose: missing weights", flush=True)
