@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from owllm.state_store import StateStore
+from owllm.tools.manage import NAME as TOOL_SERVER_ROW
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "models:\n" + "".join(
@@ -25,7 +26,7 @@ CONFIG = "models:\n" + "".join(
 def starts(home: Path) -> int:
     """Model-server starts (the tool server, also a 'server' event, is left out)."""
     store = StateStore(home / ".owllm" / "state.db")
-    return sum(e["status"] == "STARTING" and e["subject"] != "tool-server"
+    return sum(e["status"] == "STARTING" and e["subject"] != TOOL_SERVER_ROW
                for e in store.list_events(kind="server", limit=10_000))
 
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
+
+from owllm import httpclient
 
 pytestmark = [pytest.mark.owllm_model, pytest.mark.slow]
 
 
 def ask(server: dict[str, Any], model_id: str, prompt: str, **params: Any) -> dict[str, Any]:
-    response = httpx.post(server["url"] + "/v1/chat/completions", timeout=120, json={
+    response = httpclient.post(server["url"] + "/v1/chat/completions", timeout=120,
+                               headers=httpclient.row_headers(server), json={
         "model": model_id, "messages": [{"role": "user", "content": prompt}], **params})
     assert response.status_code == 200, response.text
     return response.json()

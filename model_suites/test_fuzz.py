@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from owllm import httpclient
 from owllm.backends import get_backend
 from owllm.config import Config
 from owllm.tools import parse_tool_call
@@ -57,7 +57,9 @@ def test_constrained_output_is_always_a_valid_call(owllm_model_id: str,
     @given(specs=tool_specs(scalars), seed=st.integers(0, 2**16))
     def check(specs: list[dict[str, Any]], seed: int) -> None:
         schema = tool_call_response_schema(specs)
-        response = httpx.post(owllm_server["url"] + "/v1/chat/completions", timeout=120, json={
+        response = httpclient.post(
+            owllm_server["url"] + "/v1/chat/completions", timeout=120,
+            headers=httpclient.row_headers(owllm_server), json={
             "model": owllm_model_id, "max_tokens": 160, "temperature": 1.0, "seed": seed,
             "messages": [{"role": "user", "content": "Call one of the tools."}],
             "response_format": {"type": "json_schema", "json_schema": {

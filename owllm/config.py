@@ -55,6 +55,8 @@ class ModelConfig:
     stall_timeout_s: float = 300.0
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     server_args: tuple[str, ...] = ()
+    # The variable that holds the server's API key (the name only: see owllm.httpclient).
+    api_key_env: str | None = None
     line: int | None = None
 
     @property
@@ -75,6 +77,7 @@ class ModelConfig:
             "requirements": list(self.requirements),
             "max_model_len": self.max_model_len,
             "quant": self.quant,
+            "api_key_env": self.api_key_env,
             "generation": {
                 "max_tokens": self.generation.max_tokens,
                 "temperature": self.generation.temperature,
@@ -96,6 +99,7 @@ class ToolServerSettings:
     host: str = "127.0.0.1"
     port: int = 8763
     call_timeout_s: float = 10.0
+    api_key_env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,9 @@ class Config:
     def model(self, model_id: str) -> ModelConfig:
         """Return one model, or raise a UsageError that lists the known ids."""
         from owllm.errors import UsageError
+        from owllm.paths import check_model_id
 
+        check_model_id(model_id)  # "../x" is not an id, whatever the config holds
         try:
             return self.models[model_id]
         except KeyError:
@@ -136,12 +142,22 @@ def config_schema() -> dict[str, Any]:
 
 
 def _message(error: jsonschema.ValidationError) -> tuple[Key, str]:
-    """Model ids get their own message; everything else is phrased the shared way."""
+    """Model ids, env keys and requirements get their own message; everything else is
+    phrased the shared way."""
     if "propertyNames" in error.absolute_schema_path:
         return (*error.absolute_path, error.instance), (
             f"invalid model id {error.instance!r}: use letters, digits, '_', '.', '-' "
             "(starting with a letter or digit, at most 64 characters)"
         )
+    path = tuple(error.absolute_path)
+    if error.validator == "pattern" and len(path) == 4 and path[2] == "requirements":
+        # uv and pip would read "--index-url=…" as an option (issue 13): never one.
+        return path, (f"requirement {error.instance!r} is not a package spec: a requirement "
+                      "must not start with '-' or a space, nor span lines (index URLs go in "
+                      "envs.yaml extra_index_urls or pip.conf)")
+    if error.validator == "pattern" and len(path) == 3 and path[2] == "env_key":
+        return path, (f"invalid env key {error.instance!r}: use letters, digits, '_', '.', "
+                      "'-' (starting with a letter or digit, at most 100 characters)")
     return schema_message(error)
 
 

@@ -11,11 +11,13 @@ from typing import Any
 
 import httpx
 
+from owllm import httpclient
 from owllm.backends import get_backend
 from owllm.envs import EnvRegistry
 from owllm.errors import EnvError, OwllmError, ServerDied
 from owllm.servers.manager import LLMServerManager, probe_health
 from owllm.servers.ports import LIVE_STATUSES
+from owllm.servers.reaper import owned_servers, start_owned_tool_server
 
 PASS, FAIL = "PASS", "FAIL"
 SMOKE_PROMPT = "Say hello in one short sentence."
@@ -53,7 +55,8 @@ def kernel_report(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def generate_stream(url: str, model_id: str, model_type: str, max_tokens: int,
-                    timeout: float = 120.0) -> dict[str, Any]:
+                    timeout: float = 120.0,
+                    headers: dict[str, str] | None = None) -> dict[str, Any]:
     """One streamed generation; returns text, token count, first-token and total seconds."""
     if model_type == "instruct":
         path = "/v1/chat/completions"
@@ -65,7 +68,8 @@ def generate_stream(url: str, model_id: str, model_type: str, max_tokens: int,
     text, chunks, usage = [], 0, None
     first: float | None = None
     start = time.perf_counter()
-    with httpx.stream("POST", url + path, json=body, timeout=timeout) as response:
+    with httpclient.stream("POST", url + path, json=body, timeout=timeout,
+                           headers=headers) as response:
         if response.status_code != 200:
             response.read()
             raise OwllmError(f"{path} answered {response.status_code}: {response.text[:500]}")
@@ -91,7 +95,16 @@ def generate_stream(url: str, model_id: str, model_type: str, max_tokens: int,
 
 
 def model_smoke(manager: LLMServerManager, model_id: str, keep: bool = False) -> dict[str, Any]:
-    """Start (or reuse) the model's server, check health, generate; the guide's JSON."""
+    """Start (or reuse) the model's server, check health, generate; the guide's JSON.
+
+    A server the smoke starts belongs to it (servers/reaper.py): stopped at the end, or by
+    its watchdog if the smoke is killed; ``keep`` hands it over.  Inside a run that owns the
+    manager already (pytest), that run decides."""
+    with owned_servers(manager, kind="smoke", keep=keep):
+        return _model_smoke(manager, model_id, keep)
+
+
+def _model_smoke(manager: LLMServerManager, model_id: str, keep: bool) -> dict[str, Any]:
     model = manager.config.model(model_id)  # unknown id: UsageError
     result: dict[str, Any] = {
         "model_id": model_id, "status": FAIL, "backend": model.backend,
@@ -117,7 +130,7 @@ def model_smoke(manager: LLMServerManager, model_id: str, keep: bool = False) ->
             result["errors"].append({"stage": "health", "type": "HealthCheckFailed",
                                      "message": f"{row['url']}/health did not answer 200"})
         gen = generate_stream(row["url"], model_id, model.model_type,
-                              model.generation.max_tokens)
+                              model.generation.max_tokens, headers=httpclient.row_headers(row))
         result["generate_ok"] = gen["completion_tokens"] > 0
         if not result["generate_ok"]:
             result["errors"].append({"stage": "generate", "type": "EmptyGeneration",
@@ -172,9 +185,10 @@ def _call_from_message(message: dict[str, Any]) -> str:
     return str(message.get("content") or "")
 
 
-def _chat(url: str, body: dict[str, Any]) -> dict[str, Any]:
+def _chat(row: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     """POST a chat completion; a non-200 answer raises with the server's own message."""
-    response = httpx.post(url + "/v1/chat/completions", json=body, timeout=300)
+    response = httpclient.post(row["url"] + "/v1/chat/completions", json=body, timeout=300,
+                               headers=httpclient.row_headers(row))
     if response.status_code != 200:
         raise OwllmError(f"/v1/chat/completions answered {response.status_code}: "
                          f"{response.text[:1000]}")
@@ -185,10 +199,17 @@ def _chat(url: str, body: dict[str, Any]) -> dict[str, Any]:
 def tools_smoke(manager: LLMServerManager, model_id: str, keep: bool = False,
                 tool_server_url: str | None = None) -> dict[str, Any]:
     """The whole tool round trip: prompt → the model emits a call → strict validation →
-    execution on the tool server → the result back as a tool message → a final answer."""
+    execution on the tool server → the result back as a tool message → a final answer.
+    Owns the servers it starts (model and tool server) as :func:`model_smoke` does."""
+    with owned_servers(manager, kind="smoke", keep=keep):
+        return _tools_smoke(manager, model_id, keep, tool_server_url)
+
+
+def _tools_smoke(manager: LLMServerManager, model_id: str, keep: bool,
+                 tool_server_url: str | None) -> dict[str, Any]:
     from owllm.tools import ToolCallError, parse_tool_call
     from owllm.tools.client import ToolServerClient
-    from owllm.tools.manage import start_tool_server, stop_tool_server
+    from owllm.tools.manage import stop_tool_server
     from owllm.tools.prompts import render_tools, template_for, tool_call_response_schema
 
     model = manager.config.model(model_id)
@@ -209,11 +230,14 @@ def tools_smoke(manager: LLMServerManager, model_id: str, keep: bool = False,
         except OwllmError as exc:
             result["errors"].append(_error("start", exc))
             return result
+        tool_headers = httpclient.bearer(manager.config.tool_server.api_key_env,
+                                         what="the tool server")
         if tool_server_url is None:
-            tool_row = start_tool_server(manager.home, config=manager.config, port=0)
+            tool_row = start_owned_tool_server(manager.owner, manager.home,
+                                               config=manager.config, port=0)
             started_tool_server = not tool_row.get("reused", False)
             tool_server_url = tool_row["url"]
-        client = ToolServerClient(tool_server_url)
+        client = ToolServerClient(tool_server_url, headers=tool_headers)
         result["tool_server_ok"] = bool(client.health())
         specs = _smoke_tool_specs(client.list_tools())
         narrowed = [_narrowed(s) for s in specs]
@@ -226,7 +250,7 @@ def tools_smoke(manager: LLMServerManager, model_id: str, keep: bool = False,
             body["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": "tool_call", "schema": tool_call_response_schema(narrowed),
                 "strict": True}}
-        message = _chat(row["url"], body)["choices"][0]["message"]
+        message = _chat(row, body)["choices"][0]["message"]
         text = _call_from_message(message)
         result["model_output"] = text[:1000]
         try:
@@ -247,7 +271,7 @@ def tools_smoke(manager: LLMServerManager, model_id: str, keep: bool = False,
                 "function": {"name": first.tool, "arguments": json.dumps(first.args)}}]},
             {"role": "tool", "tool_call_id": first.id, "content": json.dumps(executed)},
         ]
-        answer = _chat(row["url"], {"model": model_id, "messages": messages,
+        answer = _chat(row, {"model": model_id, "messages": messages,
                                     "max_tokens": 16, "temperature": 0})["choices"][0]["message"]
         result["final_answer"] = (answer.get("content") or "")[:200]
         result["final_answer_ok"] = True

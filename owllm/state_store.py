@@ -11,6 +11,14 @@ Design notes:
   a schema newer than this code is refused with a clear error; nothing is ever deleted.
 * Every status change and error is appended to ``events`` with its time and pid, so what
   happened (and which process did it) can be read back after a crash.
+* A store that cannot be written says why (:class:`StateStoreFault`): a full disk, a
+  read-only folder or file, another process holding the write lock, a damaged file — each
+  with its own fix.  Only a damaged file is called damaged.
+* Reads work where writes cannot: on a read-only home or a full disk SQLite cannot create
+  its ``-shm`` file, so reads fall back to a read-only connection (``mode=ro``), or to an
+  ``immutable`` one when no ``-wal`` holds commits the main file lacks.
+* Private files: the database (and so its ``-wal``/``-shm``, which SQLite creates with the
+  database's mode), its backups and its lock are 0600; it holds prompts, errors and tokens.
 """
 
 from __future__ import annotations
@@ -20,17 +28,28 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
 from owllm.errors import StateStoreError
-from owllm.paths import Home, resolve_home
+from owllm.paths import PRIVATE_FILE_MODE, Home, make_private, private_dir, resolve_home
+from owllm.store_faults import (
+    FULL,
+    IO,
+    READ_ONLY,
+    StateStoreFault,
+    home_lock,
+    store_fault,
+)
 
 BUSY_TIMEOUT_MS = 60_000
+# Why a write failed, for which a read may still be served from the file as it is
+# (see StateStore._snapshot): not when it is busy or damaged.
+_READABLE_WHEN = frozenset({FULL, READ_ONLY, IO})
 
 # Status values.  Plain strings so that the JSON and SQL stay readable.
 ENV_BUILDING, ENV_READY, ENV_FAILED = "BUILDING", "READY", "FAILED"
@@ -104,6 +123,39 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE envs ADD COLUMN extra TEXT;
     """,
+    # v4: the tool server's row key becomes one no model id can match (tools/manage.py NAME);
+    # a model called "tool-server" (kind 'model') keeps its row.
+    """
+    UPDATE servers SET model_id = 'tools:tool-server'
+        WHERE model_id = 'tool-server' AND kind = 'tools';
+    """,
+    # v5: process identity that no wall-clock step changes (servers/process.py Identity):
+    # the start time in clock ticks since boot, and which boot.
+    """
+    ALTER TABLE servers ADD COLUMN pid_start_ticks INTEGER;
+    ALTER TABLE servers ADD COLUMN boot_id TEXT;
+    """,
+    # v6: which run owns a server (servers/reaper.py): the run's watchdog stops what its run
+    # owns when the run dies, and `owllm state` shows the owner.  A table of its own, since
+    # the manager rewrites a server row's extra on every change.  kept = 1: handed over.
+    """
+    CREATE TABLE server_owners (
+        model_id        TEXT PRIMARY KEY,
+        run_id          TEXT NOT NULL,
+        kind            TEXT NOT NULL,
+        pid             INTEGER NOT NULL,
+        pid_create_time REAL,
+        kept            INTEGER NOT NULL DEFAULT 0,
+        since           TEXT NOT NULL
+    );
+    CREATE INDEX server_owners_run ON server_owners (run_id);
+    """,
+    # v7: the owner's identity that no wall-clock step changes, as v5 added for servers (a
+    # watchdog that compared create times would take an NTP step for its run's death).
+    """
+    ALTER TABLE server_owners ADD COLUMN pid_start_ticks INTEGER;
+    ALTER TABLE server_owners ADD COLUMN boot_id TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -112,8 +164,7 @@ _ENV_FIELDS = frozenset({"status", "path", "python_path", "torch_version", "cuda
                          "fingerprint", "last_error", "spec", "packages", "ready_at", "extra"})
 _SERVER_FIELDS = frozenset({"status", "pid", "port", "host", "started_at", "last_error", "kind",
                             "pgid", "pid_create_time", "url", "env_key", "log_path", "stopped_at",
-                            "extra"})
-
+                            "extra", "pid_start_ticks", "boot_id"})
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -144,15 +195,31 @@ class StateStore:
 
     def __init__(self, db_path: str | os.PathLike[str]) -> None:
         self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        # False when the store was opened where it cannot be written (a read-only home, a
+        # full disk): reads work, each write raises the StateStoreFault that says why.
+        self.writable = True
+        try:
+            self._open()
+        except StateStoreFault as fault:
+            if fault.reason not in _READABLE_WHEN:
+                raise
+            self._check_readable(fault)
+            self.writable = False
+
+    def _open(self) -> None:
+        try:
+            if not self.db_path.parent.is_dir():
+                private_dir(self.db_path.parent)
+            self._create_private()
+        except OSError as exc:
+            raise self._fault(exc) from exc
         # Creating the file, switching it to WAL and migrating need SQLite's exclusive lock,
         # which its busy timeout does not cover: two processes opening a new store at once
         # got "database is locked".  One opener at a time does this (the fast path, an
         # up-to-date file, only reads).
-        lock = FileLock(str(self.db_path.with_name(self.db_path.name + ".init.lock")),
-                        timeout=BUSY_TIMEOUT_MS / 1000)
+        lock_path = self.db_path.with_name(self.db_path.name + ".init.lock")
         try:
-            with lock:
+            with home_lock(lock_path, timeout=BUSY_TIMEOUT_MS / 1000):
                 self._migrate()
         except Timeout:
             raise StateStoreError(
@@ -160,12 +227,44 @@ class StateStore:
                 f"{BUSY_TIMEOUT_MS // 1000} s", hint="look for a stuck owllm process using "
                 "this home") from None
 
+    def _create_private(self) -> None:
+        """Create the database file 0600 before SQLite does (SQLite would use the umask's
+        0644, and gives its -wal/-shm files the database's mode); tighten an older one."""
+        try:
+            os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             PRIVATE_FILE_MODE))  # an empty file is an empty database
+        except FileExistsError:
+            for suffix in ("", "-wal", "-shm"):
+                make_private(self.db_path.with_name(self.db_path.name + suffix))
+
+    def _check_readable(self, fault: StateStoreFault) -> None:
+        """Open a store that cannot be written for reads, or raise ``fault``."""
+        if not self.db_path.is_file():
+            raise fault
+        try:
+            version = self.schema_version
+        except StateStoreError:
+            raise fault from None
+        if version > SCHEMA_VERSION:
+            raise StateStoreError(
+                f"state store {self.db_path} has schema version {version}, newer than this "
+                f"OWLLM understands ({SCHEMA_VERSION})",
+                hint="upgrade owllm, or point --home/OWLLM_HOME at another folder")
+        if version < SCHEMA_VERSION:
+            raise StateStoreFault(
+                f"{fault.message}\nthe store needs an upgrade (schema {version} to "
+                f"{SCHEMA_VERSION}) before this OWLLM can read it, and that needs a write",
+                hint=fault.hint or "", reason=fault.reason, path=fault.path)
+
     # -- plumbing -------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, uri: str | None = None) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_MS / 1000,
-                                   isolation_level=None)
+            conn = sqlite3.connect(uri or self.db_path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   isolation_level=None, uri=uri is not None)
+        except sqlite3.DatabaseError as exc:
+            raise self._fault(exc) from exc
+        try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -174,29 +273,59 @@ class StateStore:
             conn.execute("PRAGMA synchronous = NORMAL")
             return conn
         except sqlite3.DatabaseError as exc:
-            raise self._corrupt(exc) from exc
+            conn.close()
+            raise self._fault(exc) from exc
 
-    def _corrupt(self, exc: BaseException) -> StateStoreError:
-        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-            return StateStoreError(
-                f"state store {self.db_path} is busy: {exc} (another process held its write "
-                f"lock for over {BUSY_TIMEOUT_MS // 1000} s)",
-                hint="retry; if it persists, look for a stuck owllm process using this home")
-        return StateStoreError(
-            f"state store {self.db_path} cannot be read: {exc}",
-            hint="the file is left untouched; move it aside to start with a fresh state "
-                 "(envs and servers are re-detected), or restore a state.db.bak-v* copy",
-        )
+    def _fault(self, exc: BaseException) -> StateStoreFault:
+        return store_fault(self.db_path, exc, busy_timeout_s=BUSY_TIMEOUT_MS / 1000)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
+        conn = self._read_connection()
         try:
             yield conn
         except sqlite3.DatabaseError as exc:
-            raise self._corrupt(exc) from exc
+            raise self._fault(exc) from exc
         finally:
             conn.close()
+
+    def _read_connection(self) -> sqlite3.Connection:
+        try:
+            conn = self._connect()
+        except StateStoreFault as fault:
+            return self._snapshot(fault)
+        try:
+            conn.execute("PRAGMA schema_version")  # a read: it needs the WAL index (-shm)
+            return conn
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            return self._snapshot(self._fault(exc))
+
+    def _snapshot(self, fault: StateStoreFault) -> sqlite3.Connection:
+        """A read-only connection where the normal one failed because SQLite could not
+        create or grow its ``-shm`` file (read-only home, full disk), else raise ``fault``.
+
+        ``mode=ro`` reads the database with its ``-wal`` through an existing ``-shm``;
+        ``immutable=1`` reads the main file alone, right only while no ``-wal`` holds
+        commits (after the last connection closed cleanly, it holds none)."""
+        if fault.reason not in _READABLE_WHEN or not self.db_path.is_file():
+            raise fault
+        wal = self.db_path.with_name(self.db_path.name + "-wal")
+        uri = self.db_path.resolve().as_uri()
+        options = ["mode=ro"]
+        if not (wal.exists() and wal.stat().st_size > 0):
+            options.append("immutable=1")
+        for option in options:
+            try:
+                conn = self._connect(f"{uri}?{option}")
+            except StateStoreError:
+                continue
+            try:
+                conn.execute("PRAGMA schema_version")
+                return conn
+            except sqlite3.DatabaseError:
+                conn.close()
+        raise fault
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -206,11 +335,12 @@ class StateStore:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                with suppress(sqlite3.Error):  # a full disk can fail the rollback too
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
-            raise self._corrupt(exc) from exc
+            raise self._fault(exc) from exc
         finally:
             conn.close()
 
@@ -243,8 +373,9 @@ class StateStore:
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise self._corrupt(exc) from exc
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise self._fault(exc) from exc
         finally:
             conn.close()
 
@@ -253,6 +384,9 @@ class StateStore:
         if target.exists():
             return
         tmp = target.with_name(target.name + ".tmp")
+        # A copy of the store is as private as the store (sqlite3 would use the umask).
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE))
+        make_private(tmp)
         dest = sqlite3.connect(tmp)
         try:
             conn.backup(dest)
@@ -442,8 +576,9 @@ class StateStore:
 
     def upsert_server(self, model_id: str, **fields: Any) -> dict[str, Any]:
         """Create or update a server row (one per model id; the tool server uses its own
-        name with ``kind='tools'``).  Fields: status, pid, pgid, pid_create_time, port, host,
-        url, env_key, log_path, started_at, stopped_at, last_error, kind, extra."""
+        name with ``kind='tools'``).  Fields: status, pid, pgid, pid_create_time,
+        pid_start_ticks, boot_id, port, host, url, env_key, log_path, started_at, stopped_at,
+        last_error, kind, extra."""
         return self._upsert("servers", "model_id", model_id, _SERVER_FIELDS, "server", fields)
 
     def get_server(self, model_id: str) -> dict[str, Any] | None:
@@ -457,6 +592,66 @@ class StateStore:
 
     def delete_server(self, model_id: str) -> bool:
         return self._delete("servers", "model_id", model_id, "server")
+
+    # -- server owners (servers/reaper.py) ------------------------------------------------
+
+    def set_server_owner(self, model_id: str, owner: Mapping[str, Any] | None
+                         ) -> dict[str, Any] | None:
+        """Record which run owns the server ``model_id`` (keys ``run_id``, ``kind``, ``kept``
+        and the owning process: ``pid``, ``pid_create_time``, ``pid_start_ticks``,
+        ``boot_id``), replacing any earlier owner; None: owned by nobody (``owllm server
+        start``: meant to outlive the command that started it)."""
+        with self._write() as conn:
+            if owner is None:
+                conn.execute("DELETE FROM server_owners WHERE model_id = ?", (model_id,))
+                return None
+            conn.execute(
+                "INSERT OR REPLACE INTO server_owners (model_id, run_id, kind, pid, "
+                "pid_create_time, pid_start_ticks, boot_id, kept, since) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (model_id, owner["run_id"], owner["kind"], int(owner["pid"]),
+                 owner.get("pid_create_time"), owner.get("pid_start_ticks"),
+                 owner.get("boot_id"), int(bool(owner.get("kept"))), now_iso()))
+            row = conn.execute("SELECT * FROM server_owners WHERE model_id = ?",
+                               (model_id,)).fetchone()
+        return _owner_row(row)
+
+    def get_server_owner(self, model_id: str) -> dict[str, Any] | None:
+        rows = [r for r in self.list_server_owners() if r["model_id"] == model_id]
+        return rows[0] if rows else None
+
+    def list_server_owners(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Owner rows (of one run, or all), by server name."""
+        where, args = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
+        with self._read() as conn:
+            try:
+                rows = conn.execute(f"SELECT * FROM server_owners {where} ORDER BY model_id",
+                                    args).fetchall()
+            except sqlite3.OperationalError:
+                if self.writable:
+                    raise
+                return []  # a read-only store on an older schema: no owners recorded there
+        return [r for r in map(_owner_row, rows) if r is not None]
+
+    def release_server_owner(self, model_id: str, run_id: str) -> bool:
+        """Forget ``run_id``'s ownership of ``model_id`` (only if that run still owns it)."""
+        with self._write() as conn:
+            return bool(conn.execute("DELETE FROM server_owners WHERE model_id = ? AND "
+                                     "run_id = ?", (model_id, run_id)).rowcount)
+
+    def release_run(self, run_id: str) -> int:
+        """The run is over: forget what it owned, except what it handed over (kept)."""
+        with self._write() as conn:
+            return int(conn.execute("DELETE FROM server_owners WHERE run_id = ? AND kept = 0",
+                                    (run_id,)).rowcount)
+
+
+def _owner_row(row: sqlite3.Row | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    out = dict(row)
+    out["kept"] = bool(out["kept"])
+    return out
 
 
 def get_state_store(home: str | os.PathLike[str] | Home | None = None,

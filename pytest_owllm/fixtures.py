@@ -1,11 +1,15 @@
 """Default fixtures.  Servers are started once per test run and shared by all xdist workers:
 the first worker starts a model's server under a FileLock in the run's shared temp folder,
-the others attach through the StateStore.  The run's controller stops what the run started
-(unless ``--owllm-keep-servers``)."""
+the others attach through the StateStore.
+
+The run owns what it starts (:mod:`owllm.servers.reaper`): every server a process of the run
+launches is recorded as the run's before the launch, and the controller (or the only
+process) stops them when the run ends, unless ``--owllm-keep-servers`` hands them over.  If
+the controller dies first (``kill -9``, a cancelled CI job), its watchdog stops them.  A
+server that was already running when the run wanted it is reused, never stopped."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +21,11 @@ from owllm.config import Config
 from owllm.envs import EnvRegistry, EnvSpec
 from owllm.paths import Home, resolve_home
 from owllm.servers.manager import LLMServerManager
-from owllm.servers.ports import LIVE_STATUSES
+from owllm.servers.reaper import LEDGER, Owner, start_owned_tool_server
 
-STARTED_FILE = "owllm-started-servers.jsonl"
+RUN_KEY = pytest.StashKey[Owner]()
+RUN_INPUT = "owllm_run"  # the run's owner in an xdist worker's workerinput
+REAPER_LOG = "owllm-reaper.log"
 
 __all__ = ["owllm_config", "owllm_env", "owllm_home", "owllm_manager", "owllm_registry",
            "owllm_server", "owllm_server_factory", "owllm_settings", "owllm_tool_server"]
@@ -35,6 +41,34 @@ def _plugin(request: pytest.FixtureRequest) -> Any:
     from pytest_owllm.plugin import get_plugin
 
     return get_plugin(request.config)
+
+
+def run_owner(config: pytest.Config) -> Owner:
+    """The run's owner as this process sees it: in the controller (or the only process) the
+    run itself, with its watchdog; in an xdist worker the controller's, whose watchdog learns
+    the worker's homes through the ledger in the run's shared folder."""
+    owner = config.stash.get(RUN_KEY, None)
+    if owner is None:
+        data = getattr(config, "workerinput", {}).get(RUN_INPUT)
+        if data:
+            owner = Owner.from_dict(data)
+        else:
+            from pytest_owllm.plugin import get_plugin
+
+            base = Path(str(config._tmp_path_factory.getbasetemp()))  # type: ignore[attr-defined]
+            owner = Owner.new("pytest", keep=get_plugin(config).settings.keep_servers,
+                              ledger=base / LEDGER, log=base / REAPER_LOG)
+        config.stash[RUN_KEY] = owner
+    return owner
+
+
+def end_run(config: pytest.Config) -> None:
+    """The run ends (controller or only process): stop what it owns, release its watchdog."""
+    owner = config.stash.get(RUN_KEY, None)
+    if owner is None or not owner.in_owning_process:
+        return
+    del config.stash[RUN_KEY]
+    owner.end()
 
 
 @pytest.fixture(scope="session")
@@ -61,9 +95,12 @@ def owllm_registry(owllm_home: Home, owllm_config: Config) -> EnvRegistry:
 
 
 @pytest.fixture(scope="session")
-def owllm_manager(owllm_config: Config, owllm_home: Home,
+def owllm_manager(request: pytest.FixtureRequest, owllm_config: Config, owllm_home: Home,
                   owllm_registry: EnvRegistry) -> LLMServerManager:
-    return LLMServerManager(owllm_config, home=owllm_home, registry=owllm_registry)
+    """The run's manager: what it launches belongs to the run (see the module docstring)."""
+    manager = LLMServerManager(owllm_config, home=owllm_home, registry=owllm_registry)
+    manager.owner = run_owner(request.config)
+    return manager
 
 
 @pytest.fixture(scope="session")
@@ -83,12 +120,7 @@ def owllm_server_factory(request: pytest.FixtureRequest,
             row = owllm_manager.reconcile(model_id)
             if row and row["status"] == "RUNNING" and row.get("healthy"):
                 return row
-            row = owllm_manager.start_server(model_id)
-            with open(shared / STARTED_FILE, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"model_id": model_id,
-                                         "config": str(owllm_manager.config.path),
-                                         "home": str(owllm_manager.home.root)}) + "\n")
-            return row
+            return owllm_manager.start_server(model_id)  # owned by the run from its launch
 
     return start
 
@@ -103,35 +135,9 @@ def owllm_server(owllm_server_factory: Callable[[str], dict[str, Any]],
 @pytest.fixture(scope="session")
 def owllm_tool_server(request: pytest.FixtureRequest, owllm_home: Home,
                       owllm_config: Config) -> dict[str, Any]:
-    """The tool server (url, pid), started once per run like the model servers."""
-    from owllm.tools.manage import start_tool_server
-
+    """The tool server (url, pid), started once per run like the model servers (and owned by
+    the run the same way)."""
     shared = shared_dir(request)
     with FileLock(str(shared / "owllm-tool-server.lock")):
-        row: dict[str, Any] = start_tool_server(owllm_home, config=owllm_config, port=0)
-        marker = shared / "owllm-tool-server.started"
-        if not marker.exists():
-            marker.write_text(str(owllm_home.root), encoding="utf-8")
-    return row
-
-
-def stop_started_servers(shared: Path) -> None:
-    """Stop every server this run started (called once, by the controller)."""
-    started = shared / STARTED_FILE
-    if started.exists():
-        seen = set()
-        for line in started.read_text(encoding="utf-8").splitlines():
-            entry = json.loads(line)
-            key = (entry["model_id"], entry["home"])
-            if key in seen:
-                continue
-            seen.add(key)
-            manager = LLMServerManager(entry["config"], home=Home(Path(entry["home"])))
-            row = manager.store.get_server(entry["model_id"])
-            if row and row["status"] in LIVE_STATUSES:
-                manager.stop_server(entry["model_id"])
-    marker = shared / "owllm-tool-server.started"
-    if marker.exists():
-        from owllm.tools.manage import stop_tool_server
-
-        stop_tool_server(Home(Path(marker.read_text(encoding="utf-8"))))
+        return start_owned_tool_server(run_owner(request.config), owllm_home,
+                                       config=owllm_config, port=0)

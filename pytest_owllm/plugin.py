@@ -308,11 +308,24 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(f"needs a CUDA GPU; this host has none ({profile.summary()})")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist, in the controller, per worker: the worker learns the run it works for.  The
+    controller's watchdog starts now, since the workers launch the servers and only the
+    controller can give it its lifeline."""
+    owner = fixtures.run_owner(node.config)
+    if not owner.keep:
+        owner.ensure_reaper()
+    node.workerinput[fixtures.RUN_INPUT] = owner.to_dict()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if hasattr(session.config, "workerinput"):
-        return  # the controller (or the single process) stops what the run started
-    plugin = session.config.stash.get(PLUGIN_KEY, None)
-    if plugin is None or plugin.settings.keep_servers:
-        return
-    fixtures.stop_started_servers(Path(str(session.config._tmp_path_factory.getbasetemp())))  # type: ignore[attr-defined]
+    """The controller (or the only process) stops what the run started, before other
+    plugins look for leftovers; kept servers stay."""
+    if not hasattr(session.config, "workerinput"):
+        fixtures.end_run(session.config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    fixtures.end_run(config)  # a run that ended before its session did (idempotent)

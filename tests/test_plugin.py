@@ -251,3 +251,58 @@ def test_server_that_cannot_start_fails_with_its_log(project: pytest.Pytester) -
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*exited with code*", "*nonexistent/weights*"])
     # No server is left behind: the root conftest's orphan check fails the run otherwise.
+
+
+# The end of a run, on the stub server of tests/servers (a real process, started fast): the
+# project's conftest swaps the backend and the env.  Killed runs: tests/servers/test_reaper.py.
+STUB_CONFTEST = """
+import pytest
+import owllm.servers.manager as manager
+from tests.servers.conftest import StubBackend, ThisPython
+
+manager.get_backend = lambda name: StubBackend()
+
+
+@pytest.fixture(scope="session")
+def owllm_registry():
+    return ThisPython()
+"""
+STUB_TEST = """
+def test_uses_a_server(owllm_server_factory):
+    row = owllm_server_factory("tree")
+    assert row["status"] == "RUNNING"
+    assert False, "a failing run still stops its servers"
+"""
+
+
+def test_a_failed_run_stops_what_it_started_and_keep_servers_hands_it_over(
+        pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "stub-home"
+    monkeypatch.setenv("OWLLM_HOME", str(home))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:cacheprovider")
+    (pytester.path / "configs").mkdir()
+    (pytester.path / "configs" / "llm_backends.yaml").write_text(
+        'models:\n  tree: {base_model: stub, server_args: ["--children"]}\n')
+    pytester.makeconftest(STUB_CONFTEST)
+    pytester.makepyfile(test_stub=STUB_TEST)
+    store = StateStore(home / ".owllm" / "state.db")
+
+    pytester.runpytest_subprocess().assert_outcomes(failed=1)
+    row = store.get_server("tree")
+    assert row is not None and row["status"] == "STOPPED"
+    assert gone(row["pid"], row["pid_create_time"])
+    assert store.get_server_owner("tree") is None  # the run is over: it owns nothing
+    assert not store.list_events(subject="tree", status="REAPED")  # the run itself stopped it
+
+    pytester.runpytest_subprocess("--owllm-keep-servers").assert_outcomes(failed=1)
+    kept = store.get_server("tree")
+    try:
+        assert kept is not None and kept["status"] == "RUNNING" and not gone(kept["pid"])
+        assert (store.get_server_owner("tree") or {}).get("kept") is True
+    finally:
+        from owllm.servers.manager import LLMServerManager
+
+        LLMServerManager(pytester.path / "configs" / "llm_backends.yaml",
+                         home=str(home)).stop_all()
+    assert gone(kept["pid"], kept["pid_create_time"])

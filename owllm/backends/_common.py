@@ -15,7 +15,8 @@ from owllm import progress
 from owllm.backends import BackendContext
 from owllm.config import DEMO_SCHEME, ModelConfig
 from owllm.errors import ServerError, UsageError
-from owllm.paths import Home
+from owllm.httpclient import SERVER_KEY_VAR, api_key
+from owllm.paths import PRIVATE_FILE_MODE, Home, make_private, private_dir
 
 HERE = Path(__file__).resolve().parent
 DEMO_BUILDER = HERE.parent / "demo_model.py"
@@ -77,13 +78,23 @@ def runs_on_cpu(model: ModelConfig, ctx: BackendContext) -> bool:
         ctx.env.cuda_available is False
 
 
+def api_key_vars(model: ModelConfig, variable: str = SERVER_KEY_VAR) -> dict[str, str]:
+    """``{variable: key}`` for a model with ``api_key_env`` (its server requires the key),
+    else nothing.  Passed in the server's environment, never on its command line."""
+    key = api_key(model.api_key_env, what=f"model {model.model_id!r}")
+    return {variable: key} if key else {}
+
+
 def write_run_file(home: Home, name: str, payload: dict[str, Any] | str) -> Path:
-    """``<state>/run/<name>`` written atomically (a reader never sees half a file)."""
-    run_dir = home.state_dir / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """``<state>/run/<name>`` written atomically (a reader never sees half a file), private
+    (0600 in a 0700 folder: run files carry prompts and templates)."""
+    run_dir = private_dir(home.state_dir / "run")
     path = run_dir / name
     tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
     text = payload if isinstance(payload, str) else json.dumps(payload, indent=2)
-    tmp.write_text(text, encoding="utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    with open(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    make_private(tmp)  # a leftover tmp of a crashed run keeps its old mode through O_TRUNC
     os.replace(tmp, path)
     return path

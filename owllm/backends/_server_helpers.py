@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 MAX_STOP = 4
+TOOL_CHOICES = ("auto", "none", "required")
 
 
 class ApiError(Exception):
@@ -24,6 +25,24 @@ def error_body(message: str, kind: str, param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
+
+def content_text(content: Any) -> str:
+    """OpenAI message content (a string, or a list of parts) → its text; other parts and
+    shapes count as no text (never a TypeError later)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content
+                       if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def prompt_char_limit(max_len: int, longest_token: int) -> int:
+    """A prompt with more characters than this cannot fit in ``max_len`` tokens, so it can be
+    refused without tokenizing it (issue 13: a 50 MB prompt took 667 MB to tokenize).  No
+    token covers more than ``longest_token`` characters; the factor 2 leaves room for
+    normalizers that merge characters (NFC)."""
+    return max_len * max(1, longest_token) * 2
 
 
 def closer_tokens(ll_tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -73,14 +92,49 @@ def format_schema(response_format: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def tool_functions(tools: Any) -> list[dict[str, Any]]:
+    """The function objects of OpenAI ``tools`` (``{"type": "function", "function": {...}}``,
+    or a bare function object); any other shape is a 400, never a crash further on."""
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise ApiError(400, "tools must be a list of {\"type\": \"function\", \"function\": "
+                            "{\"name\", \"parameters\"}} objects", "tools")
+    out = []
+    for index, tool in enumerate(tools):
+        fn = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise ApiError(400, f"tools[{index}] must be {{\"type\": \"function\", \"function\": "
+                                "{\"name\": <string>, \"parameters\": <JSON schema>}}",
+                           f"tools[{index}]")
+        if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+            raise ApiError(400, f"tools[{index}].function.parameters must be a JSON schema "
+                                "object", f"tools[{index}].function.parameters")
+        out.append(fn)
+    return out
+
+
+def tool_choice_name(choice: Any) -> str | None:
+    """The function a ``tool_choice`` names (None for "auto" / "none" / "required" /
+    omitted); a wrong shape (``{"function": "f"}``) is a 400."""
+    if choice is None or choice in TOOL_CHOICES:
+        return None
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or \
+            choice.get("type", "function") != "function":
+        raise ApiError(400, "tool_choice must be \"auto\", \"none\", \"required\" or "
+                            "{\"type\": \"function\", \"function\": {\"name\": <string>}}",
+                       "tool_choice")
+    return str(fn["name"])
+
+
 def tool_call_schema(tools: list[dict[str, Any]], choice: Any) -> dict[str, Any] | None:
     """tool_choice "required" or a named function → the JSON schema of one call envelope."""
-    if choice != "required" and not isinstance(choice, dict):
+    wanted = tool_choice_name(choice)  # validates the shape first
+    if choice != "required" and wanted is None:
         return None  # "auto" / "none" / omitted: the model decides freely
-    wanted = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
     options = []
-    for tool in tools:
-        fn = tool.get("function", tool)
+    for fn in tool_functions(tools):
         if wanted is not None and fn.get("name") != wanted:
             continue
         options.append({"type": "object", "additionalProperties": False,

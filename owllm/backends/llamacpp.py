@@ -21,7 +21,7 @@ from filelock import FileLock
 
 from owllm import progress
 from owllm.backends import BackendContext, Capabilities, LaunchSpec
-from owllm.backends._common import hf_model_path, runs_on_cpu, write_run_file
+from owllm.backends._common import api_key_vars, hf_model_path, runs_on_cpu, write_run_file
 from owllm.backends._kernels import KernelChoice, choose
 from owllm.config import ModelConfig
 from owllm.errors import ServerError, UsageError
@@ -143,7 +143,7 @@ class LlamaCppBackend:
         })
         argv = (str(ctx.env.python_executable), str(SERVER_SCRIPT), "--config-json",
                 str(config_file), "--host", host, "--port", str(port), *model.server_args)
-        return LaunchSpec(argv=argv, env={"PYTHONUNBUFFERED": "1"},
+        return LaunchSpec(argv=argv, env={"PYTHONUNBUFFERED": "1", **api_key_vars(model)},
                           ready_needs_completion=True,
                           kernels=(gguf_dtype(model, model_path), buffers))
 

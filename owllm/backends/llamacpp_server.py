@@ -16,6 +16,12 @@ llama-cpp-python serves the model; a small ASGI layer in front of it adds:
   request arrives, which turns into an empty or truncated answer under concurrent clients.
 * The model's config defaults: ``system_prompt`` when a chat has no system message, and
   ``generation`` (max_tokens, temperature, top_p) where a request leaves them out.
+* Hostile requests stop at ``asgi_guard.py`` in front of everything (loopback ``Host`` /
+  ``Origin``, JSON bodies only, a body cap, nesting depth, ``OWLLM_API_KEY``).  A prompt
+  with more characters than ``n_ctx`` tokens can hold is refused before llama.cpp tokenizes
+  it (9 MB took 2.7 s of the model's lock).
+* Error responses are OpenAI-shaped and never carry an exception text: llama-cpp-python's
+  500s (``message=str(error)``) and FastAPI's ``{"detail": ...}`` 422s are rewritten.
 """
 
 from __future__ import annotations
@@ -25,15 +31,46 @@ import json
 import math
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # This file sits next to OWLLM's backend modules (transformers.py, vllm.py), which would
 # shadow the real packages: drop the script's own folder from the import path.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != _HERE]
 
+
+def _load(name: str, filename: str) -> Any:
+    """Import a helper module from this script's folder by path (not on sys.path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, filename))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if TYPE_CHECKING:  # for the type checker only: at run time owllm is not importable here
+    from owllm.backends._server_helpers import content_text, prompt_char_limit
+    from owllm.backends.asgi_guard import Guard
+else:
+    _h = _load("owllm_server_helpers", "_server_helpers.py")
+    content_text, prompt_char_limit = _h.content_text, _h.prompt_char_limit
+    Guard = _load("owllm_asgi_guard", "asgi_guard.py").Guard
+
+INTERNAL_ERROR = "internal error; the server log has the details"
 GENERATE_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion",
                   "/v1/engines/copilot-codex/completions": "completion"}
+# llama-cpp-python's route handler answers a body that fails its own validation with a 500
+# carrying the exception text (the input included): these are validated here first.
+VALIDATED_PATHS = {"/v1/chat/completions": "CreateChatCompletionRequest",
+                   "/v1/completions": "CreateCompletionRequest",
+                   "/v1/engines/copilot-codex/completions": "CreateCompletionRequest",
+                   "/v1/embeddings": "CreateEmbeddingRequest",
+                   "/extras/tokenize": "TokenizeInputRequest",
+                   "/extras/tokenize/count": "TokenizeInputRequest",
+                   "/extras/detokenize": "DetokenizeInputRequest"}
 
 
 # llama-cpp-python's schema converter lets raw control characters into strings, which no
@@ -80,13 +117,53 @@ def schema_grammar(schema: dict[str, Any]) -> str:
 
 
 class RequestError(Exception):
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None,
+                 status: int = 400) -> None:
         super().__init__(message)
-        self.param = param
+        self.param, self.code, self.status = param, code, status
+
+
+def validate(model: str, body: Any) -> None:
+    """Check a body against llama-cpp-python's own request model; a RequestError (422, as
+    OWLLM's transformers server answers) naming the fields, never echoing their input."""
+    from llama_cpp.server import types
+    from pydantic import ValidationError
+
+    try:
+        getattr(types, model).model_validate(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        where = [".".join(str(p) for p in e.get("loc", ())) for e in errors]
+        message = "; ".join(f"{w or 'body'}: {e.get('msg')}"
+                            for w, e in zip(where, errors, strict=True))
+        param = str(errors[0]["loc"][0]) if errors and errors[0].get("loc") else None
+        raise RequestError(message[:1000] or "invalid request", param, "validation_error",
+                           422) from None
+
+
+def prompt_chars(kind: str, body: dict[str, Any]) -> int:
+    """The characters of a request's prompt (chat: all message texts), counted without
+    tokenizing; a prompt given as token ids counts one per id."""
+    if kind == "chat":
+        messages = body.get("messages")
+        return sum(len(content_text(m.get("content"))) for m in messages
+                   if isinstance(m, dict)) if isinstance(messages, list) else 0
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, list):
+        return sum(len(p) if isinstance(p, str) else 1 for p in prompt)
+    return 0
 
 
 def rewrite(kind: str, body: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     """A request as llama-cpp-python understands it, with OWLLM's defaults filled in."""
+    limit = settings.get("max_prompt_chars")
+    if limit and prompt_chars(kind, body) > limit:
+        raise RequestError(f"the prompt has {prompt_chars(kind, body)} characters, more than "
+                           f"fit in the model's context length of {settings.get('n_ctx')} "
+                           "tokens", "messages" if kind == "chat" else "prompt",
+                           "context_length_exceeded")
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         spec = fmt.get("json_schema")
@@ -105,6 +182,8 @@ def rewrite(kind: str, body: dict[str, Any], settings: dict[str, Any]) -> dict[s
     elif isinstance(fmt, dict) and fmt.get("type") == "json_object" and kind == "completion":
         raise RequestError("response_format is supported on /v1/chat/completions; on "
                            "/v1/completions use the json_schema type", "response_format")
+    if body.get("model") is None:  # else llama-cpp-python answers with the GGUF's path
+        body["model"] = settings["model_id"]
     defaults = settings.get("generation") or {}
     for name in ("max_tokens", "temperature", "top_p"):
         if body.get(name) is None and defaults.get(name) is not None:
@@ -124,7 +203,8 @@ def rewrite(kind: str, body: dict[str, Any], settings: dict[str, Any]) -> dict[s
 
 
 class OwllmLayer:
-    """Pure ASGI middleware: /health, and request rewriting for the generate endpoints."""
+    """Pure ASGI middleware: /health, request checks and rewriting for the generate
+    endpoints, OpenAI-shaped errors everywhere."""
 
     def __init__(self, app: Any, settings: dict[str, Any]) -> None:
         self.app = app
@@ -139,8 +219,9 @@ class OwllmLayer:
             await _json_response(send, 200, {"status": "ok",
                                              "model": self.settings["model_id"]})
             return
-        kind = GENERATE_PATHS.get(path)
-        if kind is None or method != "POST":
+        send = _openai_errors(send)
+        kind, model = GENERATE_PATHS.get(path), VALIDATED_PATHS.get(path)
+        if method != "POST" or (kind is None and model is None):
             await self.app(scope, receive, send)
             return
         chunks = []
@@ -151,19 +232,13 @@ class OwllmLayer:
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
-        raw = b"".join(chunks)
         try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None  # not JSON: llama-cpp-python's own validation answers
-        if isinstance(body, dict):
-            try:
-                raw = json.dumps(rewrite(kind, body, self.settings)).encode()
-            except RequestError as exc:
-                await _json_response(send, 400, {"error": {
-                    "message": str(exc), "type": "invalid_request_error",
-                    "param": exc.param, "code": None}})
-                return
+            raw = self.prepare(kind, model, b"".join(chunks))
+        except RequestError as exc:
+            await _json_response(send, exc.status, {"error": {
+                "message": str(exc), "type": "invalid_request_error",
+                "param": exc.param, "code": exc.code}})
+            return
         headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-length"]
         headers.append((b"content-length", str(len(raw)).encode()))
         sent = False
@@ -176,6 +251,82 @@ class OwllmLayer:
             return {"type": "http.request", "body": raw, "more_body": False}
 
         await self.app({**scope, "headers": headers}, replay, send)
+
+    def prepare(self, kind: str | None, model: str | None, raw: bytes) -> bytes:
+        """The body llama-cpp-python gets: parsed, rewritten (generate endpoints), checked
+        against its request model; a RequestError for what it would answer with a 500."""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise RequestError("request body is not valid JSON") from None
+        except RecursionError:  # the guard caps the depth first; never a 500 here either
+            raise RequestError("the JSON body nests too deeply") from None
+        if kind is not None and isinstance(body, dict):
+            try:
+                body = rewrite(kind, body, self.settings)
+            except RecursionError:  # a schema deep enough to exhaust the converter
+                raise RequestError("response_format.json_schema.schema nests too deeply",
+                                   "response_format") from None
+        if model is not None:
+            validate(model, body)
+        return json.dumps(body).encode()
+
+
+def _openai_error(status: int, raw: bytes) -> dict[str, Any]:
+    """An error response of llama-cpp-python as OpenAI's shape, without exception texts."""
+    if status >= 500:  # llama-cpp-python puts str(exception) in its 500s; the log has it
+        return {"error": {"message": INTERNAL_ERROR, "type": "server_error", "param": None,
+                          "code": None}}
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):
+        payload = None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return {"error": {"message": error["message"],
+                          "type": error.get("type") or "invalid_request_error",
+                          "param": error.get("param"), "code": error.get("code")}}
+    detail = payload.get("detail") if isinstance(payload, dict) else None
+    param = None
+    if isinstance(detail, list):  # FastAPI's validation errors: where and what, no input
+        items = [d for d in detail if isinstance(d, dict)]
+        where = [".".join(str(p) for p in d.get("loc", ()) if p != "body") for d in items]
+        message = "; ".join(f"{w}: {d.get('msg')}"
+                            for w, d in zip(where, items, strict=True)) or "invalid request"
+        param = where[0] if where and where[0] else None
+    elif isinstance(detail, str):
+        message = detail
+    else:
+        message = f"request failed with HTTP {status}"
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param,
+                      "code": "validation_error" if status == 422 else None}}
+
+
+def _openai_errors(send: Any) -> Any:
+    """Wrap ``send`` so that error responses (status >= 400) go out OpenAI-shaped."""
+    held: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message.get("status", 200) >= 400:
+            held.update(message)
+            return
+        if not held or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        status = int(held["status"])
+        data = json.dumps(_openai_error(status, b"".join(chunks))).encode()
+        headers = [(k, v) for k, v in held.get("headers", [])
+                   if k.lower() not in (b"content-length", b"content-type")]
+        headers += [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    return wrapped
 
 
 async def _json_response(send: Any, status: int, payload: dict[str, Any]) -> None:
@@ -222,6 +373,23 @@ def disable_extra_buffers() -> None:
     lib.llama_model_default_params = params
 
 
+def longest_token_bytes() -> int | None:
+    """Bytes of the loaded model's longest token (an upper bound on its characters), for the
+    prompt character cap; None when llama-cpp-python does not let us see the model."""
+    try:
+        from llama_cpp.server import app as server_app
+
+        proxy = getattr(server_app, "_llama_proxy", None)
+        llama = proxy() if proxy is not None else None
+        if llama is None:
+            return None
+        return max((len(llama.detokenize([t], special=True))
+                    for t in range(llama.n_vocab())), default=1)
+    except Exception as exc:  # an internal API changed: serve without the cap, say so
+        print(f"owllm llamacpp_server: no prompt character cap ({exc!r})", flush=True)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-json", required=True)
@@ -251,10 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     server = ServerSettings(host=args.host, port=args.port, interrupt_requests=False)
     app = create_app(server_settings=server,
                      model_settings=[ModelSettings(**model_args)])
+    settings["n_ctx"] = model_args["n_ctx"]
+    longest = longest_token_bytes()
+    if longest:
+        settings["max_prompt_chars"] = prompt_char_limit(int(model_args["n_ctx"]), longest)
     print(f"owllm llamacpp_server: model loaded; serving on {args.host}:{args.port}",
           flush=True)
-    uvicorn.run(OwllmLayer(app, settings), host=args.host, port=args.port,
-                log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(Guard(OwllmLayer(app, settings), bind_host=args.host), host=args.host,
+                port=args.port, log_level="info", timeout_graceful_shutdown=5)
     return 0
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from owllm.backends import BackendContext, Capabilities, LaunchSpec
 from owllm.backends._common import (
     DEMO_BUILDER,
+    api_key_vars,
     hf_model_path,
     materialize_demo,
     runs_on_cpu,
@@ -49,7 +50,7 @@ class TransformersBackend:
         })
         argv = (str(ctx.env.python_executable), str(SERVER_SCRIPT), "--config-json",
                 str(config_file), "--host", host, "--port", str(port), *model.server_args)
-        return LaunchSpec(argv=argv, env={"PYTHONUNBUFFERED": "1"},
+        return LaunchSpec(argv=argv, env={"PYTHONUNBUFFERED": "1", **api_key_vars(model)},
                           kernels=(dtype_choice(model, ctx),))
 
 

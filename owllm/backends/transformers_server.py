@@ -25,7 +25,17 @@ FILE: {"model_id", "model_path", "model_type": "instruct"|"base", "system_prompt
 * The ``model`` field must name the configured model id; an omitted one means that model.
 * Generation runs one request at a time (a lock): a small CPU/GPU server gains nothing from
   interleaving, and it keeps the KV cache and the constraint matcher per request simple.
-* Errors are OpenAI-style ``{"error": {...}}`` bodies; no request takes the server down.
+* Errors are OpenAI-style ``{"error": {...}}`` bodies; no request takes the server down, and
+  no response carries an exception text, traceback or file path (the log has them).
+* Hostile requests stop at ``asgi_guard.py`` (loaded by path): loopback ``Host`` / ``Origin``
+  only (``OWLLM_ALLOWED_HOSTS`` adds names), JSON bodies only, ``OWLLM_MAX_BODY_BYTES``
+  (16 MiB), nesting depth, and ``Authorization: Bearer $OWLLM_API_KEY`` on every route but
+  ``/health`` when the launcher sets that variable.
+* ``/health`` and ``/v1/models`` are async handlers on the event loop: generation requests
+  fill the worker threads (one generates, the rest wait for the lock), and a liveness probe
+  queued behind them timed out, so supervisors killed a busy server (issue 13).
+* A prompt with more characters than the context can hold is refused before it is
+  tokenized (see ``prompt_char_limit``).
 """
 
 from __future__ import annotations
@@ -49,12 +59,12 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != _HERE]
 
 
-def _load_helpers() -> Any:
-    """Import ``_server_helpers.py`` from this script's folder by path (not on sys.path)."""
+def _load_helpers(name: str = "owllm_server_helpers", filename: str = "_server_helpers.py"
+                  ) -> Any:
+    """Import a helper module from this script's folder by path (not on sys.path)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "owllm_server_helpers", os.path.join(_HERE, "_server_helpers.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, filename))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
@@ -67,14 +77,18 @@ if TYPE_CHECKING:  # for the type checker only: at run time owllm is not importa
         MAX_STOP,
         ApiError,
         closer_tokens,
+        content_text,
         error_body,
         first_stop,
         format_schema,
         inside_string,
         parse_tool_calls,
+        prompt_char_limit,
         safe_prefix,
         tool_call_schema,
+        tool_functions,
     )
+    from owllm.backends.asgi_guard import Guard
 else:
     _h = _load_helpers()
     ApiError, error_body, parse_tool_calls = _h.ApiError, _h.error_body, _h.parse_tool_calls
@@ -82,6 +96,9 @@ else:
         _h.tool_call_schema, _h.closer_tokens, _h.inside_string)
     format_schema, first_stop, safe_prefix, MAX_STOP = (
         _h.format_schema, _h.first_stop, _h.safe_prefix, _h.MAX_STOP)
+    content_text, prompt_char_limit, tool_functions = (
+        _h.content_text, _h.prompt_char_limit, _h.tool_functions)
+    Guard = _load_helpers("owllm_asgi_guard", "asgi_guard.py").Guard
 
 
 def _preflight(argv: list[str]) -> None:
@@ -159,6 +176,7 @@ class Engine:
     ll_tokenizer: Any = None
     closers: tuple[list[int], list[int]] = ([], [])  # (inside a string, outside one)
     device: str = "cpu"
+    longest_token: int = 1  # characters of the longest vocabulary entry (prompt_char_limit)
     ready: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -171,6 +189,10 @@ class Engine:
             else self.model  # PeftModel.forward takes **kwargs: look at the model under it
         params = inspect.signature(base.forward).parameters
         return "cache" if "cache" in params else "past_key_values"
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return prompt_char_limit(self.max_len, self.longest_token)
 
     @property
     def max_len(self) -> int:
@@ -193,6 +215,9 @@ class Engine:
         print(f"owllm-server: loading {cfg['model_path']} on {self.device} ({dtype})",
               flush=True)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg["model_path"])
+        # Raw vocabulary strings are at least as long as the text they decode to (byte
+        # tokens such as <0x0A> or byte-level BPE's one char per byte only overcount).
+        self.longest_token = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
         kwargs: dict[str, Any] = {"dtype": dtype}
         if cfg.get("use_4bit"):
             from transformers import BitsAndBytesConfig
@@ -226,11 +251,15 @@ class Engine:
 
     def chat_prompt(self, request: ChatRequest) -> str:
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
-        for m in messages:
+        for index, m in enumerate(messages):
             if isinstance(m.get("content"), list):  # OpenAI content parts: keep the text
-                m["content"] = "".join(p.get("text", "") for p in m["content"])
+                if any(part.get("type", "text") == "text" and not isinstance(
+                        part.get("text"), str) for part in m["content"]):
+                    raise ApiError(400, f"messages[{index}].content: a text part needs a "
+                                        "string 'text'", "messages")
+                m["content"] = content_text(m["content"])
         if request.tools:
-            described = json.dumps([t.get("function", t) for t in request.tools])
+            described = json.dumps(tool_functions(request.tools))
             messages.insert(0, {"role": "system", "content":
                                 "You can call these tools. To call one, answer with only a "
                                 'JSON object {"tool": name, "args": {...}, "id": "call_1"}.\n'
@@ -242,8 +271,18 @@ class Engine:
                 not getattr(self.tokenizer, "chat_template", None):
             return "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in messages) + \
                 "\nassistant:"
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                      add_generation_prompt=True))
+        from jinja2.exceptions import TemplateError
+
+        try:
+            return str(self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                          add_generation_prompt=True))
+        except TemplateError as exc:
+            print(f"owllm-server: the chat template failed: {exc!r}", flush=True)
+            # The template's own raise_exception(...) speaks to the caller ("roles must
+            # alternate"); anything else is an internal detail, kept to the log.
+            detail = f": {str(exc)[:200]}" if type(exc) is TemplateError else ""
+            raise ApiError(400, f"the model's chat template cannot render these messages"
+                                f"{detail}", "messages") from exc
 
     def encode(self, prompt: str, chat: bool) -> list[int]:
         # A chat template already holds the bos token; a plain prompt gets the tokenizer's.
@@ -289,7 +328,8 @@ class Engine:
 
         eos = self.tokenizer.eos_token_id
         generator = torch.Generator(device="cpu")
-        generator.manual_seed(seed if seed is not None else int(time.time_ns() % 2**63))
+        # any integer is a valid OpenAI seed; torch takes 64 bits
+        generator.manual_seed(seed % 2**63 if seed is not None else int(time.time_ns() % 2**63))
         bitmask = llt.allocate_token_bitmask(1, self.ll_tokenizer.vocab_size) \
             if matcher is not None else None
         ids = torch.tensor([prompt_ids], device=self.device)
@@ -409,18 +449,21 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def crashed(_: Request, exc: Exception) -> JSONResponse:
+        # The details go to the log only: an exception text can hold paths and internals.
         print(f"owllm-server: internal error: {exc!r}", flush=True)
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}",
+        return JSONResponse(error_body("internal error; the server log has the details",
                                        "server_error"), 500)
 
+    # async: runs on the event loop, never queued behind generation requests that hold
+    # every worker thread (a sync handler timed out under 60 concurrent completions).
     @app.get("/health")
-    def health() -> JSONResponse:
+    async def health() -> JSONResponse:
         if not engine.ready:
             return JSONResponse({"status": "loading"}, 503)
         return JSONResponse({"status": "ok", "model": model_id})
 
     @app.get("/v1/models")
-    def models() -> dict[str, Any]:
+    async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": model_id, "object": "model",
                                             "created": 0, "owned_by": "owllm"}]}
 
@@ -446,6 +489,11 @@ def create_app(engine: Engine) -> FastAPI:
         if not engine.ready:
             raise ApiError(503, "model is still loading", kind="server_error")
         params = check(request, max_tokens)
+        # Refused before tokenizing: tokenizing megabytes costs seconds and hundreds of MB.
+        if len(prompt) > engine.max_prompt_chars:
+            raise ApiError(400, f"the prompt has {len(prompt)} characters, more than fit in "
+                                f"the model's context length of {engine.max_len} tokens",
+                           "messages" if chat else "prompt", "context_length_exceeded")
         prompt_ids = engine.encode(prompt, chat)
         if max_tokens is None:  # the configured default shrinks to fit; an explicit one not
             params["max_tokens"] = max(1, min(params["max_tokens"],
@@ -504,7 +552,11 @@ def create_app(engine: Engine) -> FastAPI:
                             elif delta or finish:
                                 yield chunk(delta, finish)
                     except Exception as exc:  # the stream has started: report in-band
-                        yield f"data: {json.dumps(error_body(str(exc), 'server_error'))}\n\n"
+                        print(f"owllm-server: internal error while streaming: {exc!r}",
+                              flush=True)
+                        body = error_body("internal error; the server log has the details",
+                                          "server_error")
+                        yield f"data: {json.dumps(body)}\n\n"
                     if include_usage:
                         yield "data: " + json.dumps({"id": rid, "object": f"{kind}.chunk",
                                                      "created": created, "model": model_id,
@@ -534,6 +586,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     def chat(request: ChatRequest) -> Any:
+        tool_functions(request.tools)  # a wrong shape is a 400 here, not a crash later
         tools = bool(request.tools) and request.tool_choice != "none"
         forced = tool_call_schema(request.tools or [], request.tool_choice) if tools else None
         return run(request, engine.chat_prompt(request), True,
@@ -556,7 +609,9 @@ def main(argv: list[str] | None = None) -> int:
         engine = Engine(json.load(handle))
     # Serve first (so /health answers 503 while loading), load in a daemon thread: a SIGTERM
     # during the load then exits at once through uvicorn's own signal handling.
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), host=args.host, port=args.port,
+    # The guard sits outside FastAPI: a refused request never reaches routing or parsing.
+    app = Guard(create_app(engine), bind_host=args.host)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
                                            log_level="warning", access_log=False))
     failed: list[str] = []
 

@@ -28,13 +28,16 @@ import os
 from pathlib import Path
 
 from owllm.backends import BackendContext, Capabilities, LaunchSpec
-from owllm.backends._common import hf_model_path, runs_on_cpu, write_run_file
+from owllm.backends._common import api_key_vars, hf_model_path, runs_on_cpu, write_run_file
 from owllm.backends._kernels import KernelChoice, choose
 from owllm.config import ModelConfig
 
 # Flexible whitespace off; xgrammar handles the JSON schemas OWLLM sends (tool envelopes).
 STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
 CPU_KV_CACHE_GIB = "1"  # VLLM_CPU_KVCACHE_SPACE when the user has not set it
+# OWLLM's request guard, copied into the run folder under a name no package uses.
+GUARD_SOURCE = Path(__file__).resolve().parent / "asgi_guard.py"
+GUARD_MODULE = "owllm_asgi_guard"
 
 
 def system_prompt_template(model_path: Path | str, system_prompt: str) -> str | None:
@@ -93,9 +96,19 @@ class VllmBackend:
             argv += ["--chat-template",
                      str(write_run_file(ctx.home, f"{model.model_id}.chat_template.jinja",
                                         template))]
-        env = {"PYTHONUNBUFFERED": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        env = {"PYTHONUNBUFFERED": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+               **api_key_vars(model, "VLLM_API_KEY")}  # vLLM's own variable
         if cpu and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KV_CACHE_GIB
+        # The guard (loopback Host/Origin, JSON bodies, body cap, the key on every route but
+        # /health) as vLLM's outermost middleware.  A copy in the run folder, because
+        # owllm/backends on the path would shadow vLLM itself (with vllm.py, this file).
+        guard = write_run_file(ctx.home, f"{GUARD_MODULE}.py",
+                               GUARD_SOURCE.read_text(encoding="utf-8"))
+        argv += ["--middleware", f"{GUARD_MODULE}.VllmGuard"]
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(guard.parent), os.environ.get("PYTHONPATH")) if p)
+        env["OWLLM_BIND_HOST"] = host  # the guard warns when it is not loopback
         return LaunchSpec(argv=(*argv, *model.server_args), env=env,
                           ready_needs_completion=True, kernels=(dtype,))
 

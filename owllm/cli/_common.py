@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from owllm.config import Config, load_config
-from owllm.errors import UsageError
+from owllm.errors import ConfigError, UsageError
 from owllm.paths import Home, resolve_config_path, resolve_home
 from owllm.state_store import StateStore
+from owllm.yaml_lines import display
 
 
 @dataclass
@@ -29,6 +30,11 @@ class Context:
     Nothing is read before a command asks for it: commands that only look at runtime state
     (``state``, ``server status|stop|logs``, ``env list``) use ``home`` and ``store`` and never
     touch the config, so they work from the home alone and a broken YAML cannot fail them.
+
+    Nothing is created before the input is known good (issue 13): ``home`` (which creates
+    ``.owllm/``) and ``store`` refuse to run while an explicit ``--config`` names no file,
+    and a command that needs the config reads ``config`` before ``home``/``store``, so a
+    typo or a broken YAML exits 2 leaving the folders as they were.
     """
 
     config_arg: str | None
@@ -48,7 +54,14 @@ class Context:
     @cached_property
     def config_path_or_none(self) -> Path | None:
         """``--config``, else the home's ``configs/llm_backends.yaml``, else the nearest one
-        from the working directory up; None when there is none."""
+        from the working directory up; None when there is none.  An explicit ``--config``
+        that is not a file is a ConfigError (exit 2): the home derives from it."""
+        if self.config_arg is not None:
+            path = Path(self.config_arg)
+            if not path.is_file():
+                shown = display(path)
+                problem = "file not found" if not path.exists() else "not a regular file"
+                raise ConfigError(shown, [f"{shown}: {problem}"], hint="check the --config path")
         return resolve_config_path(self.config_arg, self._home)
 
     @cached_property
@@ -66,6 +79,10 @@ class Context:
 
     @cached_property
     def home(self) -> Home:
+        """The home, its folders created on first use: never for a --config that is not
+        there (the typo's folder would become a home)."""
+        if self.config_arg is not None:
+            self.config_path_or_none  # noqa: B018  (raises before anything is created)
         return self._home.ensure()
 
     @cached_property

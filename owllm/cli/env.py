@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from owllm.cli._common import Context, emit, info
 from owllm.envs import layout
 from owllm.envs.legacy import list_legacy, migrate
 from owllm.envs.registry import EnvRegistry
+from owllm.envs.spec import find_envs_config, load_envs_config
+from owllm.paths import check_env_key, check_model_id
 from owllm.smoke import env_test
 
 
-def _registry(args: argparse.Namespace) -> tuple[Context, EnvRegistry]:
+def _registry(args: argparse.Namespace, *, configs: bool = True) -> tuple[Context, EnvRegistry]:
+    """The context and the home's registry.  ``configs``: the command reads the model config
+    and envs.yaml, so both are validated first, before the registry creates anything in the
+    home (a broken YAML leaves no ``.owllm/`` behind).  `env list` and `env remove` work from
+    the home alone, whatever state the YAML is in."""
     ctx = Context.from_args(args)
-    # The registry reads the config only when a command needs models (resolve, gc, test of
-    # a model's key): `env list` works from the home alone, whatever state the YAML is in.
+    config_path = ctx.config_path_or_none
+    if configs:
+        if config_path is not None:
+            ctx.config  # noqa: B018  (loaded for its ConfigError)
+        load_envs_config(find_envs_config(config_path))
     # Progress goes to stderr, so it stays on with --json (stdout holds only the JSON).
-    registry = EnvRegistry(home=ctx.home, config_path=ctx.config_path_or_none)
+    registry = EnvRegistry(home=ctx.home, config_path=config_path)
     return ctx, registry
 
 
@@ -27,6 +35,7 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
+    check_env_key(args.key, "owllm env test")
     ctx, registry = _registry(args)
     result = env_test(registry, args.key)
     emit(ctx, result)
@@ -34,7 +43,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    ctx, registry = _registry(args)
+    ctx, registry = _registry(args, configs=False)
     rows: list[dict[str, Any]] = []
     for row in registry.store.list_envs():
         rows.append({"env_key": row["env_key"], "status": row["status"],
@@ -52,6 +61,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    check_env_key(args.key, "owllm env create")
     ctx, registry = _registry(args)
     env = registry.ensure_env(args.key, from_constraints=args.from_constraints,
                               force=args.force)
@@ -63,32 +73,36 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    ctx, registry = _registry(args)
-    removed = registry.remove(args.key)
-    emit(ctx, {"env_key": args.key, "removed": removed})
+    check_env_key(args.key, "owllm env remove")  # "..", "../configs": nothing is touched
+    ctx, registry = _registry(args, configs=False)
+    emit(ctx, registry.remove(args.key, dry_run=args.dry_run).to_dict())
     return 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    """Stale builds, then every published env no configured model uses.  Each item is one
+    path that is (or, with --dry-run, would be) deleted: a link is unlinked, never followed;
+    a directory is a real one under the home."""
     ctx, registry = _registry(args)
-    items: list[dict[str, Any]] = [{"path": str(p), "reason": "stale build (builder gone)"}
-                                   for p in layout.stale_builds(registry.home)]
+    stale = [layout.Removal(p, layout.kind_of(p), "stale build (builder gone)")
+             for p in layout.stale_builds(registry.home)]
     unused: list[str] = []
     if registry.config is not None:
         used = set(registry.resolutions())
-        for key in layout.published_keys(registry.home):
-            if key not in used:
-                unused.append(key)
-                items.append({"env_key": key, "path": str(layout.link_path(registry.home, key)),
-                              "reason": "no configured model uses it"})
+        unused = [key for key in layout.published_keys(registry.home) if key not in used]
     else:
         info("owllm: no model config found: only stale builds are collected")
-    if not args.dry_run:
-        for item in items:
-            if "env_key" in item:
-                registry.remove(item["env_key"])
-            else:
-                layout.remove_path(Path(item["path"]))
+    items = [item.to_dict() for item in stale]
+    for item in stale:
+        if not args.dry_run:
+            layout.remove_path(item.path)
+    listed = {str(item.path) for item in stale}
+    for key in unused:
+        # The same plan either way: the dry run lists what the real run deletes.
+        removed = registry.remove(key, dry_run=args.dry_run)
+        items += [{"env_key": key, **item.to_dict(),
+                   "reason": f"no configured model uses it: {item.reason}"}
+                  for item in removed.items if str(item.path) not in listed]
     emit(ctx, {"dry_run": args.dry_run, "removed" if not args.dry_run else "would_remove": items})
     return 0
 
@@ -102,6 +116,8 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    if args.model_id is not None:
+        check_model_id(args.model_id, "owllm env migrate")
     ctx, registry = _registry(args)
     results = migrate(registry, args.model_id)
     emit(ctx, results, columns=["model_id", "env_key", "removed", "verified_by", "reason"])
@@ -124,7 +140,9 @@ def register(subparsers: Any, parents: argparse.ArgumentParser) -> None:
     create.add_argument("--from-constraints", action="store_true",
                         help="reinstall exactly constraints/KEY.txt")
     create.add_argument("--force", action="store_true", help="rebuild even when READY")
-    leaf("remove", cmd_remove, "delete an env").add_argument("key", metavar="KEY")
+    remove = leaf("remove", cmd_remove, "delete an env: its link, its build, stale builds")
+    remove.add_argument("key", metavar="KEY")
+    remove.add_argument("--dry-run", action="store_true", help="only list what would go")
     leaf("gc", cmd_gc, "remove stale builds and envs no configured model uses") \
         .add_argument("--dry-run", action="store_true", help="only list what would go")
     leaf("resolve", cmd_resolve, "which env_key a model gets, and why") \

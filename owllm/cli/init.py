@@ -57,8 +57,9 @@ models:
     # startup_timeout_s: 900         # deadline for the server to become ready
     # stall_timeout_s: 300           # give up when the server's log shows no progress this long
     # server_args: []                # extra command-line arguments for the backend's server
+    # api_key_env: MY_MODEL_KEY      # name of the variable holding the server's API key
 # tools: []                          # your tools: {callable: "pkg.mod:func", parameters: {...}}
-# tool_server: {host: 127.0.0.1, port: 8763, call_timeout_s: 10}
+# tool_server: {host: 127.0.0.1, port: 8763, call_timeout_s: 10, api_key_env: null}
 """
 
 SUITE_TEXT = '''\
@@ -74,14 +75,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
+
+from owllm import httpclient
 
 pytestmark = [pytest.mark.owllm_model, pytest.mark.slow]
 
 
 def test_answers_a_question(owllm_model_id: str, owllm_server: dict[str, Any]) -> None:
-    response = httpx.post(owllm_server["url"] + "/v1/chat/completions", timeout=120, json={
+    # owllm.httpclient: no proxy for loopback, the API key when the model has api_key_env
+    response = httpclient.post(owllm_server["url"] + "/v1/chat/completions", timeout=120,
+                               headers=httpclient.row_headers(owllm_server), json={
         "model": owllm_model_id, "max_tokens": 8, "temperature": 0,
         "messages": [{"role": "user", "content": "Name a colour."}]})
     assert response.status_code == 200, response.text

@@ -10,6 +10,7 @@ from typing import Any
 from owllm.cli._common import Context, emit, info
 from owllm.errors import UsageError
 from owllm.servers.manager import LLMServerManager
+from owllm.servers.reaper import owned_servers
 from owllm.smoke import model_smoke
 
 
@@ -35,15 +36,19 @@ def cmd_smoke(args: argparse.Namespace) -> int:
                          hint=f"models in {ctx.config.path}: {', '.join(ctx.config.models)}")
     if not args.all_models:
         ctx.config.model(args.model_id)  # unknown id → exit 2 before anything starts
-        result = model_smoke(manager_for(ctx), args.model_id, keep=args.keep)
-        emit(ctx, result)
-        return 0 if result["status"] == "PASS" else 1
     manager = manager_for(ctx)
-    results = []
-    for model_id in ctx.config.models:
-        info(f"owllm: smoke {model_id} ...")
-        results.append(model_smoke(manager, model_id, keep=args.keep))
-        info(f"owllm: smoke {model_id}: {results[-1]['status']}")
+    # The command owns the servers it starts: a kill -9 mid-run has its watchdog stop them
+    # (servers/reaper.py); --keep hands them over instead.
+    with owned_servers(manager, kind="smoke", keep=args.keep):
+        if not args.all_models:
+            result = model_smoke(manager, args.model_id, keep=args.keep)
+            emit(ctx, result)
+            return 0 if result["status"] == "PASS" else 1
+        results = []
+        for model_id in ctx.config.models:
+            info(f"owllm: smoke {model_id} ...")
+            results.append(model_smoke(manager, model_id, keep=args.keep))
+            info(f"owllm: smoke {model_id}: {results[-1]['status']}")
     failed = [r["model_id"] for r in results if r["status"] != "PASS"]
     emit(ctx, {"status": "FAIL" if failed else "PASS", "failed": failed, "results": results})
     return 1 if failed else 0

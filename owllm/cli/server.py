@@ -15,7 +15,7 @@ from owllm.cli._common import Context, emit
 from owllm.cli.model import manager_for
 from owllm.config import Config
 from owllm.errors import UsageError
-from owllm.paths import CONFIG_RELPATH
+from owllm.paths import CONFIG_RELPATH, check_model_id
 from owllm.servers.manager import LLMServerManager
 
 COLUMNS = ["model_id", "status", "healthy", "pid", "port", "url", "env_key", "started_at"]
@@ -55,7 +55,16 @@ def _public(row: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in row.items() if k not in ("pid_create_time", "kind")}
 
 
+def _model_id(args: argparse.Namespace) -> str | None:
+    """The MODEL_ID argument, checked before it names a lock or a log (``../../x`` is no
+    id: exit 2, nothing created)."""
+    if args.model_id is None:
+        return None
+    return check_model_id(args.model_id, f"owllm server {getattr(args, 'command', '')}".strip())
+
+
 def cmd_start(args: argparse.Namespace) -> int:
+    _model_id(args)
     ctx = Context.from_args(args)
     ctx.config.model(args.model_id)
     emit(ctx, _public(manager_for(ctx).start_server(args.model_id)), COLUMNS)
@@ -63,6 +72,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    _model_id(args)
     ctx = Context.from_args(args)
     row = state_manager_for(ctx).stop_server(args.model_id)
     emit(ctx, _public(row) or {"model_id": args.model_id, "status": "NOT_STARTED"}, COLUMNS)
@@ -70,6 +80,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
+    _model_id(args)
     ctx = Context.from_args(args)
     ctx.config.model(args.model_id)
     emit(ctx, _public(manager_for(ctx).restart_server(args.model_id)), COLUMNS)
@@ -77,6 +88,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    _model_id(args)
     ctx = Context.from_args(args)
     rows = [_public(r) for r in state_manager_for(ctx).status(args.model_id)]
     emit(ctx, rows, COLUMNS)
@@ -84,6 +96,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    _model_id(args)
     ctx = Context.from_args(args)
     manager = state_manager_for(ctx)
     if (manager.store.get_server(args.model_id) is None

@@ -6,6 +6,8 @@ import argparse
 from typing import Any
 
 from owllm.cli._common import Context, emit
+from owllm.servers.ports import LIVE_STATUSES
+from owllm.servers.reaper import describe_owner
 
 
 def register(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
@@ -21,9 +23,10 @@ def register(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPars
 
 def cmd_models(args: argparse.Namespace) -> int:
     ctx = Context.from_args(args)
+    config = ctx.config  # first: a broken config must not create the home's store
     registered = {row["model_id"]: row for row in ctx.store.list_models()}
     rows = []
-    for model_id, model in ctx.config.models.items():
+    for model_id, model in config.models.items():
         row = registered.pop(model_id, None)
         rows.append({
             "model_id": model_id,
@@ -51,8 +54,18 @@ def cmd_state(args: argparse.Namespace) -> int:
         "schema_version": store.schema_version,
         "models": store.list_models(),
         "envs": store.list_envs(),
-        "servers": store.list_servers(),
+        "servers": _with_owners(store),
         "events": store.list_events(limit=args.events),
     }
     emit(ctx, data)
     return 0
+
+
+def _with_owners(store: Any) -> list[dict[str, Any]]:
+    """Server rows, each live one with the run or command that owns it (``owner``: its
+    run_id, kind pytest/smoke/api, pid, whether that process lives, ``kept`` when handed
+    over); null for a server nobody owns (``owllm server start``) or one that is not live."""
+    owners = {row["model_id"]: row for row in store.list_server_owners()}
+    return [row | {"owner": describe_owner(owners.get(row["model_id"]))
+                   if row["status"] in LIVE_STATUSES else None}
+            for row in store.list_servers()]

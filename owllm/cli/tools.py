@@ -16,8 +16,9 @@ from owllm.config import load_config
 from owllm.errors import ConfigError, UsageError
 from owllm.tools.errors import ToolCallError, ToolSpecError
 from owllm.tools.parser import MAX_TEXT_CHARS, parse_tool_call
-from owllm.tools.registry import load_tools_config, tools_from_config
+from owllm.tools.registry import load_tools_specs, specs_from_config
 from owllm.tools.specs import ToolSet, compile_tools
+from owllm.yaml_lines import load_yaml
 
 
 def register(subparsers: Any, parents: argparse.ArgumentParser | None = None) -> None:
@@ -38,25 +39,24 @@ def register(subparsers: Any, parents: argparse.ArgumentParser | None = None) ->
 
 
 def load_tool_specs(path: str) -> ToolSet:
-    """Tool specs from a file, compiled; raises :class:`UsageError` when unusable."""
+    """Tool specs from a file, compiled; raises :class:`UsageError` when unusable.
+
+    Validating never imports: ``callable:`` entries are code, run only when the tool server
+    serves them, so their specs are read from the file (name and ``parameters``)."""
     file = Path(path)
     try:
-        import yaml
-
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        data = load_yaml(file)  # the bounded loader every config goes through
+    except ConfigError as exc:
         raise UsageError(f"cannot read --tools {path}: {exc}") from exc
-    except Exception as exc:  # yaml.YAMLError and friends
-        raise UsageError(f"cannot parse --tools {path}: {exc}") from exc
     entries = data.get("tools") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise UsageError(f"--tools {path}: expected a list of tool specs or {{tools: [...]}}")
     try:
         if isinstance(data, dict) and "models" in data:  # an OWLLM config: its tools: entries
-            return compile_tools(tools_from_config(load_config(file)))
+            return compile_tools(specs_from_config(load_config(file)))
         if any(isinstance(e, dict) and isinstance(e.get("function", e.get("callable")), str)
                for e in entries):
-            return compile_tools(load_tools_config(file))
+            return compile_tools(load_tools_specs(file))
         return compile_tools(entries)
     except (ToolSpecError, ConfigError) as exc:
         raise UsageError(f"--tools {path}: {exc}") from exc

@@ -39,7 +39,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from owllm.tools.manage import start_tool_server
 
     ctx = Context.from_args(args)
-    row = start_tool_server(ctx.home, config=_config(ctx), host=args.host, port=args.port)
+    config = _config(ctx)  # first: a broken config must not create the home
+    row = start_tool_server(ctx.home, config=config, host=args.host, port=args.port)
     emit(ctx, {"url": row["url"], "pid": row["pid"], "port": row["port"],
                "reused": row.get("reused", False)})
     return 0

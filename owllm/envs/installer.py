@@ -239,10 +239,12 @@ class UvInstaller:
             extra = ["--override", str(override_file)]
         no_deps = {canonical_name(n) for n in spec.no_deps}
         main = [p for p in spec.packages if canonical_name(p) not in no_deps]
-        run_logged([*base, *sources, *torch_args, *extra, *main], log, env=env,
+        # "--" ends the options: a requirement is never read as one (issue 13), even if a
+        # spec that skipped check_requirements ever got here.
+        run_logged([*base, *sources, *torch_args, *extra, "--", *main], log, env=env,
                    progress=self.progress, on_start=self.on_install_start)
         if spec.no_deps:
-            run_logged([*base, *sources, *torch_args, "--no-deps", *spec.no_deps], log,
+            run_logged([*base, *sources, *torch_args, "--no-deps", "--", *spec.no_deps], log,
                        env=env, progress=self.progress)
 
 
@@ -284,10 +286,10 @@ class PipInstaller:
             return
         no_deps = {canonical_name(n) for n in spec.no_deps}
         main = [p for p in spec.packages if canonical_name(p) not in no_deps]
-        run_logged([*base, *sources, *torch_args, *main], log, env=env, progress=self.progress,
-                   on_start=self.on_install_start)
+        run_logged([*base, *sources, *torch_args, "--", *main], log, env=env,
+                   progress=self.progress, on_start=self.on_install_start)
         if spec.no_deps:
-            run_logged([*base, *sources, *torch_args, "--no-deps", *spec.no_deps], log,
+            run_logged([*base, *sources, *torch_args, "--no-deps", "--", *spec.no_deps], log,
                        env=env, progress=self.progress)
 
 

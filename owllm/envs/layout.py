@@ -12,6 +12,13 @@ the path it keeps forever, ``.store/<key>-<uuid>/.venv``, and never moved.  Publ
 ``.envs/<key>`` is either the previous complete env or the new complete env — a kill -9 at
 any point cannot expose a half-built one.  Build dirs that no link points at and whose
 builder pid is dead are stale and removed by the next call (or ``owllm env gc``).
+
+Deleting is confined (issue 13): a key is checked against its pattern before it names a
+path (:func:`owllm.paths.check_env_key`, so ``..`` or ``../configs`` never reach here); a
+link is unlinked, never followed, and its target is deleted only when it is a real build
+directory of that key directly under a real ``.envs/.store`` (a link planted in ``.envs/``
+that points elsewhere loses only the link).  :func:`removal_plan` lists exactly what goes,
+for ``--dry-run`` and the real removal alike.
 """
 
 from __future__ import annotations
@@ -22,13 +29,14 @@ import re
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from owllm.envs.installer import venv_python
-from owllm.paths import Home
+from owllm.paths import ENV_KEY_PATTERN, Home, check_env_key
 
 BUILD_MARKER = "build.json"
 ENV_MARKER = "env.json"
@@ -39,7 +47,13 @@ def store_dir(home: Home) -> Path:
 
 
 def link_path(home: Home, key: str) -> Path:
-    return home.envs_dir / key
+    """``.envs/<key>``; the key is checked first (InvalidName otherwise)."""
+    return home.envs_dir / check_env_key(key)
+
+
+def _real_dir(folder: Path) -> bool:
+    """A directory that is not itself a link (``.envs`` may be one: another disk)."""
+    return folder.is_dir() and not folder.is_symlink()
 
 
 def python_for(env_root: Path) -> Path:
@@ -48,17 +62,24 @@ def python_for(env_root: Path) -> Path:
 
 
 def current_target(home: Home, key: str) -> Path | None:
-    """The build dir ``.envs/<key>`` points at, or None."""
+    """The build dir ``.envs/<key>`` points at, or None: only a real directory of this key
+    directly under a real ``.envs/.store``, whatever else a link may name."""
     link = link_path(home, key)
-    if not link.is_symlink():
+    if not link.is_symlink() or not _real_dir(store_dir(home)):
         return None
-    target = (link.parent / os.readlink(link)).resolve()
-    return target if target.is_dir() else None
+    try:
+        target = (link.parent / os.readlink(link)).resolve()
+    except (OSError, RuntimeError):  # a dangling or looping link
+        return None
+    if (target.parent != store_dir(home).resolve() or not _belongs(target.name, key)
+            or not target.is_dir()):
+        return None
+    return target
 
 
 def new_build_dir(home: Home, key: str) -> Path:
     """A fresh build dir with a marker naming this process as its builder."""
-    root = store_dir(home) / f"{key}-{uuid.uuid4().hex[:12]}"
+    root = store_dir(home) / f"{check_env_key(key)}-{uuid.uuid4().hex[:12]}"
     root.mkdir(parents=True)
     me = psutil.Process()
     write_json_atomic(root / BUILD_MARKER, {"key": key, "pid": me.pid,
@@ -138,7 +159,8 @@ def stale_builds(home: Home, key: str | None = None, *, locked: bool = False) ->
     root = store_dir(home)
     live = {t for k in _published_keys(home) if (t := current_target(home, k)) is not None}
     found: list[Path] = []
-    if root.is_dir():
+    # A .store or .tmp that is a link is not walked: its entries are not ours to delete.
+    if _real_dir(root):
         for entry in sorted(root.iterdir()):
             if key is not None and not _belongs(entry.name, key):
                 continue
@@ -147,7 +169,7 @@ def stale_builds(home: Home, key: str | None = None, *, locked: bool = False) ->
             if not locked and not (entry / BUILD_MARKER).exists() and _age(entry) < 60:
                 continue  # just created; its builder is about to write the marker
             found.append(entry)
-    if home.envs_tmp_dir.is_dir():
+    if _real_dir(home.envs_tmp_dir):
         for entry in sorted(home.envs_tmp_dir.iterdir()):
             if key is None or _belongs(entry.name.removesuffix(".link"), key):
                 found.append(entry)
@@ -168,7 +190,9 @@ def _age(path: Path) -> float:
 def _published_keys(home: Home) -> list[str]:
     if not home.envs_dir.is_dir():
         return []
-    return sorted(p.name for p in home.envs_dir.iterdir() if not p.name.startswith("."))
+    # Only names that are env keys: anything else in .envs/ was not made by OWLLM.
+    return sorted(p.name for p in home.envs_dir.iterdir()
+                  if re.fullmatch(ENV_KEY_PATTERN.strip("^$"), p.name))
 
 
 def published_keys(home: Home) -> list[str]:
@@ -176,8 +200,56 @@ def published_keys(home: Home) -> list[str]:
     return _published_keys(home)
 
 
+@dataclass(frozen=True)
+class Removal:
+    """One thing a removal deletes.  ``kind``: ``link`` (the link alone is unlinked; its
+    target stays unless listed too), ``directory`` (a real directory under the home, deleted
+    with its contents) or ``file``."""
+
+    path: Path
+    kind: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": str(self.path), "kind": self.kind, "reason": self.reason}
+
+
+def kind_of(path: Path) -> str:
+    """``link``, ``directory`` or ``file``: what :func:`remove_path` would delete."""
+    if path.is_symlink():
+        return "link"
+    return "directory" if path.is_dir() else "file"
+
+
+def removal_plan(home: Home, key: str, *, locked: bool = True) -> list[Removal]:
+    """What removing env ``key`` deletes: its ``.envs/<key>`` entry, the build that link
+    points at (only a real build dir of the key in the store) and the key's stale builds.
+    ``locked`` as in :func:`stale_builds`."""
+    link = link_path(home, key)
+    plan: list[Removal] = []
+    if link.is_symlink():
+        target = current_target(home, key)
+        if target is None:
+            try:
+                points_at = os.readlink(link)
+            except OSError:  # removed meanwhile
+                points_at = "?"
+            plan.append(Removal(link, "link", f"unpublish; its target {points_at} is not a "
+                                              "build of this key in .envs/.store: kept"))
+        else:
+            plan.append(Removal(link, "link", "unpublish"))
+            plan.append(Removal(target, "directory", "the published build"))
+    elif link.exists():
+        plan.append(Removal(link, kind_of(link), "env folder of an older layout"))
+    listed = {item.path for item in plan}
+    plan += [Removal(p, kind_of(p), "stale build") for p in stale_builds(home, key, locked=locked)
+             if p not in listed]
+    return plan
+
+
 def remove_path(path: Path) -> None:
-    """Remove a file, link or directory tree; missing is fine."""
+    """Remove a file or link (the link itself: never what it points at) or a real directory
+    tree (``rmtree`` does not follow links inside it either); missing is fine."""
     if path.is_symlink() or path.is_file():
         path.unlink(missing_ok=True)
     elif path.is_dir():

@@ -46,7 +46,7 @@ from owllm.envs.resolve import Resolution, resolve_env_key, spec_for_key
 from owllm.envs.spec import BuildSpec, EnvsConfig, find_envs_config, load_envs_config
 from owllm.errors import EnvError, OwllmError
 from owllm.hardware import HardwareProfile, detect_hardware
-from owllm.paths import Home, resolve_config_path, resolve_home
+from owllm.paths import Home, check_env_key, resolve_config_path, resolve_home
 from owllm.state_store import ENV_BUILDING, ENV_FAILED, ENV_READY, StateStore, now_iso
 
 ENV_CRASH_AT = "OWLLM_ENV_CRASH_AT"  # fault injection for tests: kill -9 at a named step
@@ -64,6 +64,27 @@ class EnvSpec:
     torch_version: str | None = None
     cuda_available: bool | None = None
     fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What :meth:`EnvRegistry.remove` deleted (or, with ``dry_run``, would delete): the
+    files of :func:`owllm.envs.layout.removal_plan` and whether a StateStore row went.
+    True when anything was there."""
+
+    env_key: str
+    items: tuple[layout.Removal, ...]
+    row: bool
+    dry_run: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.items) or self.row
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"env_key": self.env_key, "removed": bool(self) and not self.dry_run,
+                "dry_run": self.dry_run, "state_row": self.row,
+                "would_delete" if self.dry_run else "deleted":
+                    [item.to_dict() for item in self.items]}
 
 
 def _crash_point(name: str) -> None:
@@ -159,13 +180,14 @@ class EnvRegistry:
         ``verify`` probes even on the fast path (a FAIL rebuilds); ``from_constraints``
         reinstalls exactly ``constraints/<key>.txt``; ``force`` rebuilds regardless.
         """
+        check_env_key(key)  # before it names a lock, a log or a build folder
         spec = spec or self.spec(key)
         expected = self.fingerprint(spec)
         if not (verify or from_constraints or force):
             hit = self._fast_path(key, expected)
             if hit is not None:
                 return hit
-        lock = FileLock(str(self.home.locks_dir / f"env-{key}.lock"), timeout=LOCK_TIMEOUT_S)
+        lock = self._lock(key)
         with self._holding(lock, f"waiting for another process working on env {key}"):
             for stale in layout.stale_builds(self.home, key, locked=True):
                 layout.remove_path(stale)
@@ -296,8 +318,12 @@ class EnvRegistry:
 
     # -- probing and files ----------------------------------------------------------------
 
+    def _lock(self, key: str) -> FileLock:
+        return FileLock(str(self.home.locks_dir / f"env-{check_env_key(key)}.lock"),
+                        timeout=LOCK_TIMEOUT_S)
+
     def constraints_path(self, key: str) -> Path:
-        return self.home.constraints_dir / f"{key}.txt"
+        return self.home.constraints_dir / f"{check_env_key(key)}.txt"
 
     def probe(self, key: str, spec: BuildSpec | None = None) -> dict[str, Any]:
         """Run the health probe in the published env ``key`` (with drift check)."""
@@ -312,22 +338,24 @@ class EnvRegistry:
         if self.store.get_env(key) is not None:
             self.store.upsert_env(key, status=ENV_FAILED, last_error=error[-4000:])
 
-    def remove(self, key: str) -> bool:
-        """Unpublish and delete env ``key`` (its constraints file stays)."""
-        with FileLock(str(self.home.locks_dir / f"env-{key}.lock"), timeout=LOCK_TIMEOUT_S):
-            target = layout.current_target(self.home, key)
-            link = layout.link_path(self.home, key)
-            existed = link.is_symlink() or link.exists() or self.store.get_env(key) is not None
-            layout.remove_path(link)
-            if target is not None:
-                layout.remove_path(target)
-            for stale in layout.stale_builds(self.home, key, locked=True):
-                layout.remove_path(stale)
-            self.store.delete_env(key)
-        return existed
+    def remove(self, key: str, *, dry_run: bool = False) -> Removed:
+        """Unpublish and delete env ``key`` (its constraints file stays); returns what went
+        (truthy when anything was there).  Only what :func:`layout.removal_plan` lists is
+        deleted: never a link's target outside ``.envs/.store``.  ``dry_run`` deletes
+        nothing (and takes no lock: a build in progress may add to the list)."""
+        check_env_key(key)
+        if dry_run:
+            return Removed(key, tuple(layout.removal_plan(self.home, key)),
+                           self.store.get_env(key) is not None, dry_run=True)
+        with self._lock(key):
+            plan = layout.removal_plan(self.home, key, locked=True)
+            for item in plan:
+                layout.remove_path(item.path)
+            row = self.store.delete_env(key)
+        return Removed(key, tuple(plan), row)
 
     def _log_file(self, key: str) -> Path:
-        return self.home.logs_dir / f"env-{key}.log"
+        return self.home.logs_dir / f"env-{check_env_key(key)}.log"
 
     def _log(self, key: str, message: str, data: dict[str, Any]) -> None:
         self.store.record_event("env", key, None, message, data)

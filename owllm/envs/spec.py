@@ -19,7 +19,7 @@ from typing import Any
 import owllm
 from owllm import cpu_probe
 from owllm.errors import ConfigError
-from owllm.yaml_lines import display, load_validated
+from owllm.yaml_lines import Key, display, load_validated, schema_message
 
 ENVS_FILENAME = "envs.yaml"
 _HINT = "fix the file, or delete it to use OWLLM's default envs.yaml"
@@ -30,6 +30,25 @@ def envs_schema() -> dict[str, Any]:
     text = resources.files("owllm.envs").joinpath("envs.schema.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
+
+
+# A requirement is handed to uv/pip: one that starts with "-" would be read as an option
+# ("--index-url=http://…" switched the index, issue 13), one with a line break would be two
+# lines of a requirements file.  The schemas carry the same pattern.
+_REQUIREMENT = re.compile(r"[^-\s][^\r\n]*")
+_NAMES_PATTERN = "^[^-\\s][^\\r\\n]*$"  # envs.schema.json's $defs.names, the same rule
+
+
+def check_requirements(values: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """``values`` when each is a package spec (not an option, one line); ConfigError naming
+    ``where`` otherwise.  Checked wherever a spec's package lists are assembled."""
+    bad = [v for v in values if not isinstance(v, str) or not _REQUIREMENT.fullmatch(v)]
+    if bad:
+        raise ConfigError(where, [f"{where}: {v!r} is not a package spec (a requirement must "
+                                  "not start with '-' or a space, nor span lines)" for v in bad],
+                          hint="index URLs and other installer options go in envs.yaml "
+                               "(extra_index_urls, find_links) or pip.conf")
+    return values
 
 
 def canonical_name(requirement: str) -> str:
@@ -60,6 +79,10 @@ class BuildSpec:
     build_env: tuple[str, ...] = ()
     # Distributions compiled from source whose wheels OWLLM keeps (see installer.Wheelhouse).
     keep_built_wheels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("packages", "exclude", "no_deps", "keep_built_wheels"):
+            check_requirements(getattr(self, name), f"env {self.key}: {name}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -186,11 +209,21 @@ def _env_pairs(mapping: Mapping[str, Any] | None) -> tuple[str, ...]:
     return tuple(f"{name}={value}" for name, value in sorted((mapping or {}).items()))
 
 
+def _message(error: Any) -> tuple[Key, str]:
+    """Package lists get their own message (the pattern says what, not why)."""
+    if error.validator == "pattern" and error.schema.get("pattern") == _NAMES_PATTERN:
+        return tuple(error.absolute_path), (
+            f"{error.instance!r} is not a package spec: an entry must not start with '-' or "
+            "a space, nor span lines (installer options go in extra_index_urls, find_links "
+            "or pip.conf)")
+    return schema_message(error)
+
+
 def load_envs_config(path: str | Path) -> EnvsConfig:
     """Read and validate an envs.yaml; raise ConfigError listing every problem."""
     path = Path(path)
     data = load_validated(path, envs_schema(), "with 'version' and 'backends' (envs.yaml)",
-                          _HINT)
+                          _HINT, message=_message)
     shown = display(path)
     problems = []
     tags = set(data.get("cuda_tags", ()))

@@ -15,8 +15,12 @@ LIVE_STATUSES = ("STARTING", "RUNNING")
 
 
 def is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on ``host:port`` and we could bind it right now."""
+    """True when nothing listens on ``host:port`` and we could bind it right now.
+
+    SO_REUSEADDR as the servers themselves bind (uvicorn, http.server): a port whose last
+    connections linger in TIME_WAIT is free for them, and must read free here too."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

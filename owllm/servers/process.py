@@ -8,32 +8,86 @@ first, raise at once with its exit code and the last log lines → if the log st
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 
 from owllm.errors import ServerDied, ServerStartTimeout
+from owllm.paths import PRIVATE_FILE_MODE, make_private, private_dir
 from owllm.servers.diagnose import TreeWatch, diagnose
 
 LOG_TAIL_LINES = 30
 
 
+# Linux: a process's start in clock ticks since boot, from /proc (see Identity).
+_PROC = Path("/proc")
+_HAS_PROC_STAT = (_PROC / "self" / "stat").is_file()
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state, start ticks since boot)`` of ``pid`` from ``/proc/<pid>/stat`` (fields 3
+    and 22); None when there is no such process."""
+    try:
+        data = (_PROC / str(pid) / "stat").read_bytes()
+    except OSError:
+        return None
+    # Field 2, the command name, is in parentheses and may itself hold spaces and ')'.
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        return fields[0].decode(), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def boot_id() -> str | None:
+    """This boot's id (Linux): start ticks count from the boot, so they compare only
+    within one."""
+    try:
+        return (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    stat = _proc_stat(pid) if _HAS_PROC_STAT else None
+    return stat[1] if stat else None
+
+
 @dataclass(frozen=True)
 class Identity:
-    """What identifies one process over time: pid reuse changes the create time."""
+    """What identifies one process over time: pid reuse changes its start time.
+
+    On Linux the start time is the one in clock ticks since boot (``/proc/<pid>/stat``
+    field 22), with the boot's id: no wall-clock step (NTP, ``date -s``, a VM resume)
+    changes them.  ``create_time`` (psutil's: the boot time plus those ticks, where the boot
+    time is derived from the wall clock) moves with every step, and comparing it to 0.01 s
+    made live servers read as dead, then never killed.  It is kept for display, for other
+    systems, and for rows recorded before the ticks were.
+    """
 
     pid: int
     pgid: int
     create_time: float
+    start_ticks: int | None = None
+    boot_id: str | None = None
 
     def alive(self) -> bool:
         """True while this very process (not a pid reused by another program) runs."""
+        if self.start_ticks is not None and _HAS_PROC_STAT:
+            if self.boot_id and boot_id() not in (None, self.boot_id):
+                return False  # recorded in an earlier boot: that process is gone
+            stat = _proc_stat(self.pid)
+            return stat is not None and stat[1] == self.start_ticks and stat[0] not in "ZX"
         try:
             proc = psutil.Process(self.pid)
             if abs(proc.create_time() - self.create_time) > 0.01:
@@ -42,29 +96,89 @@ class Identity:
         except psutil.Error:
             return False
 
+    def row_fields(self) -> dict[str, object]:
+        """The StateStore server-row fields that record this identity."""
+        return {"pid": self.pid, "pgid": self.pgid, "pid_create_time": self.create_time,
+                "pid_start_ticks": self.start_ticks, "boot_id": self.boot_id}
+
 
 def identity_from_row(row: dict[str, object]) -> Identity | None:
     """The identity a StateStore server row recorded (None before the process started)."""
     pid, created = row.get("pid"), row.get("pid_create_time")
     if not isinstance(pid, int) or not isinstance(created, float):
         return None
-    pgid = row.get("pgid")
-    return Identity(pid=pid, pgid=pgid if isinstance(pgid, int) else pid, create_time=created)
+    pgid, ticks, boot = row.get("pgid"), row.get("pid_start_ticks"), row.get("boot_id")
+    return Identity(pid=pid, pgid=pgid if isinstance(pgid, int) else pid, create_time=created,
+                    start_ticks=ticks if isinstance(ticks, int) else None,
+                    boot_id=boot if isinstance(boot, str) else None)
 
 
 def probe_health(url: str, path: str = "/health", timeout: float = 2.0) -> bool:
-    """True when ``url + path`` answers 200."""
+    """True when ``url + path`` answers 200 (never through a proxy for loopback)."""
     import httpx
 
+    from owllm import httpclient
+
     try:
-        return httpx.get(url + path, timeout=timeout).status_code == 200
+        return httpclient.get(url + path, timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
 
 
 def identity_of(pid: int) -> Identity:
+    """The identity of the running process ``pid`` (see :class:`Identity`)."""
     proc = psutil.Process(pid)
-    return Identity(pid=pid, pgid=os.getpgid(pid), create_time=proc.create_time())
+    ticks = _start_ticks(pid)
+    return Identity(pid=pid, pgid=os.getpgid(pid), create_time=proc.create_time(),
+                    start_ticks=ticks, boot_id=boot_id() if ticks is not None else None)
+
+
+# What a live server that failed one health probe turned out to be (wait_answering).
+HEALTHY, BUSY, SILENT, DEAD = "healthy", "busy", "silent", "dead"
+
+
+def port_accepts(url: str, timeout: float = 2.0) -> bool:
+    """True when the host and port of ``url`` accept a TCP connection."""
+    parts = urlsplit(url)
+    if not parts.hostname or not parts.port:
+        return False
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_answering(ident: Identity, url: str, path: str = "/health", *, wait_s: float,
+                   probe_timeout_s: float, silent_grace_s: float,
+                   interval_s: float = 0.25) -> str:
+    """Wait on a live server of ours whose health probe just failed; say what it is.
+
+    One slow ``/health`` is what a busy server looks like (a long generation, a full
+    queue), and killing it then cuts the requests it is serving.  So: while its port
+    accepts connections, ``path`` is asked again with the longer ``probe_timeout_s`` for
+    up to ``wait_s`` seconds.  Returns :data:`HEALTHY` (it answered 200), :data:`BUSY` (its
+    port accepts connections but no 200 came in ``wait_s``), :data:`SILENT` (its port has
+    refused connections for ``silent_grace_s`` seconds in a row) or :data:`DEAD` (the
+    process ended).  Only DEAD and SILENT servers are for replacing.
+    """
+    start = time.monotonic()
+    silent_since: float | None = None
+    while True:
+        if not ident.alive():
+            return DEAD
+        now = time.monotonic()
+        if port_accepts(url):
+            silent_since = None
+            if probe_health(url, path, timeout=probe_timeout_s):
+                return HEALTHY
+            if time.monotonic() - start >= wait_s:
+                return BUSY
+        else:
+            silent_since = now if silent_since is None else silent_since
+            if now - silent_since >= silent_grace_s:
+                return SILENT
+        time.sleep(interval_s)
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -82,9 +196,15 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 def launch(argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
            cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in a new session (its own process group), output appended to the log."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    """Start ``argv`` in a new session (its own process group), output appended to the log.
+
+    The log is private (0600, its folder 0700 when made here): servers log prompts and
+    errors."""
+    if not log_path.parent.is_dir():
+        private_dir(log_path.parent)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+    with open(fd, "ab") as log:
+        make_private(log_path)  # a log an older OWLLM made with the umask's 0644
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: "
                   f"{' '.join(argv)}\n".encode())
         log.flush()
@@ -207,25 +327,34 @@ def kill_group(pgid: int, pid: int | None = None, grace_s: float = 5.0) -> None:
 SERVER_TOKEN_VAR = "OWLLM_SERVER_TOKEN"
 
 
-def descendants(pid: int) -> list[list[float]]:
-    """``[pid, create_time]`` of every live descendant of ``pid`` (recorded at readiness)."""
+def descendants(pid: int) -> list[list[float | None]]:
+    """``[pid, create_time, start_ticks]`` of every live descendant of ``pid`` (recorded at
+    readiness; ``start_ticks`` is None where there is no /proc, see :class:`Identity`)."""
     try:
-        return [[child.pid, child.create_time()]
+        return [[child.pid, child.create_time(), _start_ticks(child.pid)]
                 for child in psutil.Process(pid).children(recursive=True)]
     except psutil.Error:
         return []
 
 
-def reap_leftovers(token: str = "", known: list[list[float]] | None = None,
-                   grace_s: float = 5.0) -> list[int]:
+def _same_process(proc: psutil.Process, created: float, ticks: float | None) -> bool:
+    """``proc`` is the process recorded with ``created`` / ``ticks`` (see Identity)."""
+    if ticks is not None and _HAS_PROC_STAT:
+        return _start_ticks(proc.pid) == int(ticks)
+    return abs(proc.create_time() - created) < 0.01
+
+
+def reap_leftovers(token: str = "", known: Sequence[Sequence[float | None]] | None = None,
+                   grace_s: float = 5.0, recorded_boot: str | None = None) -> list[int]:
     """Kill what a dead server left behind; returns the pids signalled.
 
     A server killed with SIGKILL (or crashed) can leave children behind, reparented to
     init: vLLM's engine core and worker.  Two ways find exactly its processes, never
     another program's, even after pid reuse:
 
-    * ``known`` descendants recorded at readiness, each checked by its create time
-      (vLLM's engine processes rename themselves, which hides their environment);
+    * ``known`` descendants recorded at readiness, each checked by its start time (in clock
+      ticks, which no clock step moves; vLLM's engine processes rename themselves, which
+      hides their environment) — none when ``recorded_boot`` is not this boot;
     * processes whose environment carries the server's ``OWLLM_SERVER_TOKEN``.
 
     The recorded process group is not used: once its leader is gone, a group with that id
@@ -241,10 +370,15 @@ def reap_leftovers(token: str = "", known: list[list[float]] | None = None,
                 found[proc.pid] = proc
         except (psutil.Error, OSError):
             continue
-    for pid, created in known or ():
+    same_boot = not recorded_boot or boot_id() in (None, recorded_boot)
+    for entry in (known or ()) if same_boot else ():
+        pid, created = entry[0], entry[1]
+        ticks = entry[2] if len(entry) > 2 else None  # rows recorded before ticks: none
+        if pid is None or created is None:
+            continue
         try:
             proc = psutil.Process(int(pid))
-            if abs(proc.create_time() - created) < 0.01:
+            if _same_process(proc, float(created), ticks):
                 found[proc.pid] = proc
         except psutil.Error:
             continue

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from owllm import httpclient
 from owllm.tools.errors import ToolServerError
 from owllm.tools.parser import ToolCall
 
@@ -18,9 +19,12 @@ class ToolServerClient:
     reached, else the HTTP status with the typed error body's ``code`` and ``path``.
     """
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0,
+                 headers: Mapping[str, str] | None = None) -> None:
+        """``headers``: e.g. the API key (:func:`owllm.httpclient.row_headers` of its row).
+        A loopback URL is never sent through a proxy."""
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = httpclient.client(self.url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -52,9 +56,10 @@ class ToolServerClient:
         return body
 
     def health(self) -> dict[str, Any]:
-        """``GET /health`` → ``{"status": "ok", ...}``."""
+        """``GET /health`` → ``{"status": "ok" | "saturated", ...}``: a saturated server (every
+        call slot taken) is alive and answers again when a slot frees."""
         body: dict[str, Any] = self._request("GET", "/health")
-        if body.get("status") != "ok":
+        if body.get("status") not in ("ok", "saturated"):
             raise ToolServerError(200, "unhealthy", f"health says {body!r}")
         return body
 

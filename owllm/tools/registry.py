@@ -26,6 +26,13 @@ Four ways to add tools, all ending in :meth:`ToolRegistry.register`:
 
 :func:`default_registry` is the process-wide registry (built-ins, then entry points);
 ``parse_tool_call(text)`` without ``tools`` validates against it.
+
+``callable:`` entries and ``python_path`` are code, trusted like a conftest: importing runs
+them.  So only serving imports (:func:`load_tools_config`, :func:`tools_from_config`, what
+the tool server calls); validating a file or a config reads the specs from the file alone
+(:func:`load_tools_specs`, :func:`specs_from_config`: nothing imported, ``sys.path``
+untouched).  Tools files are read with the same bounded loader as every config
+(:mod:`owllm.yaml_lines`).
 """
 
 from __future__ import annotations
@@ -42,11 +49,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from owllm.errors import ConfigError
 from owllm.tools.errors import ToolSpecError
 from owllm.tools.specs import ToolSet, compile_tools, normalize_spec
+from owllm.yaml_lines import load_yaml
 
 if TYPE_CHECKING:
     from owllm.config import Config
@@ -198,13 +204,21 @@ class ToolRegistry:
         return loaded
 
 
-def import_object(path: str) -> Any:
-    """``"package.module:attr"`` (or ``package.module.attr``) → the object."""
+def split_import_path(path: str) -> tuple[str, str]:
+    """``"package.module:attr"`` (or ``package.module.attr``) → (module, attr), without
+    importing anything."""
     module_name, sep, attr = path.partition(":")
     if not sep:
         module_name, _, attr = path.rpartition(".")
     if not module_name or not attr:
         raise ToolSpecError(f"bad import path {path!r}", hint='use "package.module:function"')
+    return module_name, attr
+
+
+def import_object(path: str) -> Any:
+    """``"package.module:attr"`` (or ``package.module.attr``) → the object (imports, so runs,
+    the module: trusted code only)."""
+    module_name, attr = split_import_path(path)
     try:
         obj: Any = importlib.import_module(module_name)
         for part in attr.split("."):
@@ -217,12 +231,13 @@ def import_object(path: str) -> Any:
 _ENTRY_KEYS = {"function", "callable", "name", "description", "parameters", "timeout"}
 
 
-def _tool_from_entry(entry: Any, where: str) -> Tool:
+def _entry_target(entry: Any, where: str) -> str:
+    """The checked import path of a tools entry (its shape checked, nothing imported)."""
     if not isinstance(entry, Mapping):
         raise ToolSpecError(f"{where}: expected a mapping")
     unknown = set(entry) - _ENTRY_KEYS
     if unknown:
-        raise ToolSpecError(f"{where}: unknown key(s) {sorted(unknown)}",
+        raise ToolSpecError(f"{where}: unknown key(s) {sorted(unknown, key=str)}",
                             hint=f"allowed: {sorted(_ENTRY_KEYS)}")
     # ``callable`` is the key of llm_backends.yaml's ``tools:`` entries; ``function`` the
     # original one of standalone tools files.  Both mean the same.
@@ -231,7 +246,28 @@ def _tool_from_entry(entry: Any, where: str) -> Tool:
     target_path = entry.get("function", entry.get("callable"))
     if not isinstance(target_path, str):
         raise ToolSpecError(f"{where}.callable: required, as \"package.module:function\"")
-    target = import_object(target_path)
+    split_import_path(target_path)
+    return target_path
+
+
+def entry_spec(entry: Any, where: str) -> dict[str, Any]:
+    """The OpenAI-style spec of a tools entry read from the entry alone: nothing is imported
+    (config is not run to be validated).  The name defaults to the callable's attribute name;
+    ``parameters`` must be in the entry (a ``Tool`` object's own schema is only known once
+    the tool server imports it)."""
+    target_path = _entry_target(entry, where)
+    if "parameters" not in entry:
+        raise ToolSpecError(f"{where}.parameters: required to validate without importing "
+                            f"{target_path!r}",
+                            hint="give the JSON schema of its arguments in the file; the "
+                                 "code is imported only when the tool server serves it")
+    name = entry.get("name") or split_import_path(target_path)[1].split(".")[-1]
+    return normalize_spec({"name": name, "description": entry.get("description") or "",
+                           "parameters": entry["parameters"]})
+
+
+def _tool_from_entry(entry: Any, where: str) -> Tool:
+    target = import_object(_entry_target(entry, where))
     overrides = {k: entry[k] for k in ("name", "description", "parameters", "timeout")
                  if k in entry}
     if isinstance(target, Tool):
@@ -243,36 +279,54 @@ def _tool_from_entry(entry: Any, where: str) -> Tool:
                 description=entry.get("description"), timeout=entry.get("timeout"))(target)
 
 
+def _read_tools_file(file: Path) -> dict[str, Any]:
+    """A tools file's data as ``{"tools": [...], "python_path"?: [...]}`` (bounded loader)."""
+    data = load_yaml(file)
+    if isinstance(data, list):
+        data = {"tools": data}
+    if not isinstance(data, dict) or not isinstance(data.get("tools", []), list):
+        raise ConfigError(str(file), [f"{file}: expected a mapping with a 'tools' list"])
+    return data
+
+
+def _each_entry(file: Path, entries: Any, make: Callable[[Any, str], Any]) -> list[Any]:
+    made: list[Any] = []
+    problems: list[str] = []
+    for index, entry in enumerate(entries or []):
+        try:
+            made.append(make(entry, f"tools[{index}]"))
+        except ToolSpecError as exc:
+            problems.append(f"{file}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+    if problems:
+        raise ConfigError(str(file), problems)
+    return made
+
+
 def load_tools_config(path: str | Path) -> list[Tool]:
-    """Read tools from a YAML or JSON file (format in the module docstring).
+    """Read tools from a YAML or JSON file (format in the module docstring) and import them:
+    for serving (the code runs).
 
     ``python_path`` entries (relative to the file) are added to ``sys.path`` first so the
     file can point at modules that live next to it.  Raises :class:`ConfigError` listing the
     problems.
     """
     file = Path(path)
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(str(file), [f"{file}: cannot read tools config: {exc}"]) from exc
-    if isinstance(data, list):
-        data = {"tools": data}
-    if not isinstance(data, dict) or not isinstance(data.get("tools", []), list):
-        raise ConfigError(str(file), [f"{file}: expected a mapping with a 'tools' list"])
+    data = _read_tools_file(file)
     for extra in data.get("python_path", []) or []:
         folder = str((file.parent / str(extra)).resolve())
         if folder not in sys.path:
             sys.path.insert(0, folder)
-    tools: list[Tool] = []
-    problems: list[str] = []
-    for index, entry in enumerate(data.get("tools") or []):
-        try:
-            tools.append(_tool_from_entry(entry, f"tools[{index}]"))
-        except ToolSpecError as exc:
-            problems.append(f"{file}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
-    if problems:
-        raise ConfigError(str(file), problems)
+    tools: list[Tool] = _each_entry(file, data.get("tools"), _tool_from_entry)
     return tools
+
+
+def load_tools_specs(path: str | Path) -> list[dict[str, Any]]:
+    """The OpenAI-style specs of a tools file, read from the file alone (:func:`entry_spec`):
+    no import, no ``sys.path`` change.  What validating needs; ConfigError listing problems."""
+    file = Path(path)
+    specs: list[dict[str, Any]] = _each_entry(file, _read_tools_file(file).get("tools"),
+                                              entry_spec)
+    return specs
 
 
 def tools_from_config(config: Config) -> list[Tool]:
@@ -298,6 +352,17 @@ def tools_from_config(config: Config) -> list[Tool]:
     if problems:
         raise ConfigError(str(config.path), problems)
     return tools
+
+
+def specs_from_config(config: Config) -> list[dict[str, Any]]:
+    """The specs of an OWLLM config's ``tools:`` entries, read from the config alone: nothing
+    is imported (compare :func:`tools_from_config`, which serves them)."""
+    entries = [{k: v for k, v in {"callable": e.callable, "name": e.name,
+                                  "description": e.description,
+                                  "parameters": e.parameters}.items() if v is not None}
+               for e in config.tools]
+    specs: list[dict[str, Any]] = _each_entry(config.path, entries, entry_spec)
+    return specs
 
 
 _DEFAULT: ToolRegistry | None = None

@@ -130,7 +130,7 @@ def test_load_yaml_and_json_configs(tmp_path: Path) -> None:
     ("tools:\n  - function: my_tools_mod:shout\n    colour: red\n", "unknown key"),
     ("tools:\n  - name: x\n", "callable: required"),
     ("tools: 5\n", "'tools' list"),
-    ("tools: [\n", "cannot read"),
+    ("tools: [\n", "invalid YAML"),
 ])
 def test_bad_configs_raise_config_error(tmp_path: Path, content: str, fragment: str) -> None:
     _module(tmp_path)

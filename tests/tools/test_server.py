@@ -19,6 +19,8 @@ from owllm.tools.client import ToolServerClient
 from owllm.tools.server import MAX_BODY
 from tests.tools.conftest import ServerProcess, tools_config
 
+JSON = {"Content-Type": "application/json"}  # the only body type the server takes
+
 
 def post(server: ServerProcess, body: object) -> httpx.Response:
     return httpx.post(server.url + "/call", json=body, timeout=10)
@@ -80,7 +82,8 @@ def test_successful_calls(tool_server: ServerProcess) -> None:
 ])
 def test_typed_errors(tool_server: ServerProcess, body: str, status: int, code: str,
                       path: str) -> None:
-    response = httpx.post(tool_server.url + "/call", content=body.encode(), timeout=10)
+    response = httpx.post(tool_server.url + "/call", content=body.encode(), timeout=10,
+                          headers=JSON)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert (error["code"], error["path"]) == (code, path)
@@ -98,7 +101,8 @@ def test_routes_and_methods(tool_server: ServerProcess) -> None:
 def test_oversized_body_is_refused_before_reading(tool_server: ServerProcess) -> None:
     # Claims 10 GB and sends nothing: an answer proves the server did not wait for the body.
     with socket.create_connection(("127.0.0.1", tool_server.info["port"]), timeout=5) as sock:
-        sock.sendall(b"POST /call HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /call HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\n"
                      b"Content-Length: 10000000000\r\n\r\n")
         reply = b""
         while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
@@ -112,7 +116,8 @@ def test_oversized_body_is_refused_before_reading(tool_server: ServerProcess) ->
 
 
 def test_oversized_real_body_gets_413(tool_server: ServerProcess) -> None:
-    response = httpx.post(tool_server.url + "/call", content=b" " * (MAX_BODY + 10), timeout=10)
+    response = httpx.post(tool_server.url + "/call", content=b" " * (MAX_BODY + 10), timeout=10,
+                          headers=JSON)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "too_large"
 

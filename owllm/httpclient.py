@@ -1,0 +1,94 @@
+"""Every HTTP request OWLLM itself sends to a server: probes, smokes, fixtures, clients.
+
+Two rules live here and nowhere else:
+
+* **Loopback never goes through a proxy.**  With ``HTTP_PROXY`` set (common on corporate
+  machines) httpx would send ``http://127.0.0.1:PORT`` to the proxy, and a server that is
+  listening looks dead.  A loopback URL gets ``trust_env=False`` (no proxy variables, no
+  ``.netrc``); any other URL keeps the environment's settings.
+* **The API key goes with every request, and nowhere else.**  A model's (or the tool
+  server's) ``api_key_env`` names the variable that holds its key; the StateStore row records
+  that *name* (``extra.api_key_env``), never the key, and :func:`bearer` reads the variable
+  when a request is made.  The key is never logged, stored or printed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from owllm.errors import UsageError
+
+# The variable a launched server reads its key from (OWLLM's servers; vLLM reads its own).
+SERVER_KEY_VAR = "OWLLM_API_KEY"
+
+
+def is_loopback(url: str) -> bool:
+    """True for ``http://127.0.0.1:…``, ``localhost`` and ``[::1]``."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_key(env_name: str | None, *, what: str) -> str | None:
+    """The key held by ``$env_name`` (None when no variable is named).
+
+    ``what`` names the owner in the error (``model 'demo'``)."""
+    if not env_name:
+        return None
+    value = os.environ.get(env_name)
+    if not value:
+        raise UsageError(f"{what}: api_key_env names ${env_name}, which is not set",
+                         hint=f"export {env_name}=<the key> before starting it")
+    return value
+
+
+def bearer(env_name: str | None, *, what: str = "server") -> dict[str, str]:
+    """The ``Authorization`` header for a server whose key is in ``$env_name``."""
+    key = api_key(env_name, what=what)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def row_headers(row: Mapping[str, Any] | None) -> dict[str, str]:
+    """Headers for a server recorded in the StateStore (its key variable is in ``extra``)."""
+    extra = (row or {}).get("extra") or {}
+    name = extra.get("api_key_env") if isinstance(extra, Mapping) else None
+    return bearer(name, what=f"server {(row or {}).get('model_id')!r}") if name else {}
+
+
+def client(base_url: str = "", *, headers: Mapping[str, str] | None = None,
+           timeout: float = 30.0) -> httpx.Client:
+    """An ``httpx.Client`` that follows the module's rules for ``base_url``."""
+    return httpx.Client(base_url=base_url, headers=dict(headers or {}), timeout=timeout,
+                        trust_env=not is_loopback(base_url) if base_url else True)
+
+
+def request(method: str, url: str, *, headers: Mapping[str, str] | None = None,
+            timeout: float = 30.0, **kwargs: Any) -> httpx.Response:
+    """One request (``httpx.request`` with the module's rules)."""
+    return httpx.request(method, url, headers=dict(headers or {}), timeout=timeout,
+                         trust_env=not is_loopback(url), **kwargs)
+
+
+def get(url: str, **kwargs: Any) -> httpx.Response:
+    return request("GET", url, **kwargs)
+
+
+def post(url: str, **kwargs: Any) -> httpx.Response:
+    return request("POST", url, **kwargs)
+
+
+def stream(method: str, url: str, *, headers: Mapping[str, str] | None = None,
+           timeout: float = 30.0, **kwargs: Any) -> Any:
+    """``httpx.stream`` with the module's rules (a context manager)."""
+    return httpx.stream(method, url, headers=dict(headers or {}), timeout=timeout,
+                        trust_env=not is_loopback(url), **kwargs)
