@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from importlib import import_module
 from typing import Any
@@ -91,7 +93,29 @@ def _register(register: Any, subparsers: Any, common: argparse.ArgumentParser) -
         register(subparsers)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally``/``except BaseException`` runs:
+    a start cut short by SIGTERM (a CI runner, ``kill``) kills what it launched, as on
+    Ctrl-C, instead of dying on Python's default action and leaving the server orphaned."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; SIGTERM is handled like Ctrl-C for its duration (and the previous
+    handler restored: ``main`` is also called in-process, by tests and embedding code)."""
+    if threading.current_thread() is not threading.main_thread():
+        return _run(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("config", "home"):
@@ -106,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(payload, indent=2))
         print(f"owllm: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print("owllm: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("owllm: interrupted", file=sys.stderr)
         return 130

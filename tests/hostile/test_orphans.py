@@ -68,7 +68,9 @@ def kill_leftover(pid: int | None) -> None:
 
 # -- interrupted during the readiness wait ------------------------------------------------
 
-def test_ctrl_c_during_tools_serve_kills_the_tool_server(tmp_path: Path, tmp_home: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_during_tools_serve_kills_the_tool_server(tmp_path: Path, tmp_home: Path,
+                                                        sig: signal.Signals) -> None:
     # A tool module that takes long to import keeps the tool server from getting ready.
     (tmp_path / "slowtools.py").write_text("import time\ntime.sleep(60)\n"
                                            "def noop() -> str:\n    return 'x'\n")
@@ -84,8 +86,9 @@ def test_ctrl_c_during_tools_serve_kills_the_tool_server(tmp_path: Path, tmp_hom
         row = wait_for_pid(tmp_home / ".owllm" / "state.db", "tools")
         pid = row["pid"]
         time.sleep(0.5)  # well inside the readiness wait
-        cli.send_signal(signal.SIGINT)
+        cli.send_signal(sig)
         cli.communicate(timeout=60)
+        assert cli.returncode == (130 if sig == signal.SIGINT else 143)
         assert wait_gone(pid), "the interrupted start left the tool server running"
         final = StateStore(tmp_home / ".owllm" / "state.db").get_server(row["model_id"])
         assert final is not None and final["status"] == "FAILED"
