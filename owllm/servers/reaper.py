@@ -60,7 +60,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from owllm.errors import ServerError
 from owllm.paths import CONFIG_RELPATH, Home
-from owllm.servers.process import Identity, identity_of
+from owllm.servers.process import identity_from_row, identity_of
 
 if TYPE_CHECKING:
     from owllm.config import Config
@@ -80,19 +80,16 @@ def whoami() -> dict[str, Any]:
     """This process's identity as the StateStore records one (servers/process.py
     ``Identity``: start ticks since boot where there is /proc, no wall-clock step moves
     them; an NTP step during a long run must not make its watchdog think the run died)."""
-    ident = identity_of(os.getpid())
-    return {"pid": ident.pid, "pid_create_time": ident.create_time,
-            "pid_start_ticks": ident.start_ticks, "boot_id": ident.boot_id}
+    fields = dict(identity_of(os.getpid()).row_fields())
+    del fields["pgid"]  # an owner is one process, not a group
+    return fields
 
 
 def process_alive(fields: Mapping[str, Any]) -> bool:
     """Whether the process that :func:`whoami`-style ``fields`` name still runs (a zombie,
     or a pid reused by another program, does not)."""
-    created, ticks = fields.get("pid_create_time"), fields.get("pid_start_ticks")
-    return Identity(pid=int(fields["pid"]), pgid=int(fields["pid"]),
-                    create_time=float(created) if created is not None else 0.0,
-                    start_ticks=int(ticks) if ticks is not None else None,
-                    boot_id=fields.get("boot_id")).alive()
+    ident = identity_from_row(dict(fields))
+    return ident is not None and ident.alive()
 
 
 # -- the owning side ----------------------------------------------------------------------
