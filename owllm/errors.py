@@ -57,15 +57,79 @@ class StateStoreError(OwllmError):
 
 
 class EnvError(OwllmError):
-    """An environment could not be resolved, built or probed."""
+    """An environment could not be resolved, built or probed.
+
+    ``env_key`` names the env when one was involved; ``log_path`` the build or probe log."""
+
+    def __init__(self, message: str, *, hint: str | None = None, env_key: str | None = None,
+                 log_path: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.env_key = env_key
+        self.log_path = log_path
+
+
+class InEnvError(EnvError):
+    """A script run under an env's interpreter (``run_in_env``) failed or printed no JSON.
+
+    ``script`` is the in-env module that ran, ``returncode`` its exit status (negative:
+    killed by that signal), ``stderr`` the tail of what it wrote there."""
+
+    def __init__(self, message: str, *, hint: str | None = None, env_key: str | None = None,
+                 log_path: str | None = None, script: str = "",
+                 returncode: int | None = None, stderr: str = "") -> None:
+        super().__init__(message, hint=hint, env_key=env_key, log_path=log_path)
+        self.script = script
+        self.returncode = returncode
+        self.stderr = stderr
 
 
 class ServerError(OwllmError):
-    """A server could not be started, reached or stopped."""
+    """A server could not be started, reached or stopped.
+
+    ``model_id`` names the model (None for the tool server), ``log_path`` the server's log.
+    A process's exit status is ``returncode`` (on ``ServerDied``): ``exit_code`` is the CLI's
+    exit status for every ``OwllmError``."""
+
+    def __init__(self, message: str, *, hint: str | None = None, model_id: str | None = None,
+                 log_path: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.model_id = model_id
+        self.log_path = log_path
+
+    def fields(self) -> dict[str, object]:
+        """The typed fields, for JSON output."""
+        return {"model_id": self.model_id, "log_path": self.log_path}
+
+
+class PortInUse(ServerError):
+    """The port a server was to bind is taken by a process that is not ours."""
+
+    def __init__(self, message: str, *, hint: str | None = None, model_id: str | None = None,
+                 log_path: str | None = None, host: str = "127.0.0.1",
+                 port: int | None = None) -> None:
+        super().__init__(message, hint=hint, model_id=model_id, log_path=log_path)
+        self.host = host
+        self.port = port
+
+    def fields(self) -> dict[str, object]:
+        return super().fields() | {"host": self.host, "port": self.port}
 
 
 class ServerStartTimeout(ServerError):
-    """A server did not become ready before its deadline (or stalled); its group was killed."""
+    """A server did not become ready before its deadline (or stalled); its group was killed.
+
+    ``waited_s`` is how long it was waited for, ``stalled`` whether the stall timer (no
+    progress in the log) rather than the deadline ended the wait."""
+
+    def __init__(self, message: str, *, hint: str | None = None, model_id: str | None = None,
+                 log_path: str | None = None, waited_s: float | None = None,
+                 stalled: bool = False) -> None:
+        super().__init__(message, hint=hint, model_id=model_id, log_path=log_path)
+        self.waited_s = waited_s
+        self.stalled = stalled
+
+    def fields(self) -> dict[str, object]:
+        return super().fields() | {"waited_s": self.waited_s, "stalled": self.stalled}
 
 
 class ServerDied(ServerError):
@@ -78,15 +142,14 @@ class ServerDied(ServerError):
 
     def __init__(self, message: str, *, hint: str | None = None, returncode: int | None = None,
                  signal: str | None = None, process: str | None = None,
-                 log_path: str | None = None, excerpt: str = "") -> None:
-        super().__init__(message, hint=hint)
+                 log_path: str | None = None, excerpt: str = "",
+                 model_id: str | None = None) -> None:
+        super().__init__(message, hint=hint, model_id=model_id, log_path=log_path)
         self.returncode = returncode
         self.signal = signal
         self.process = process
-        self.log_path = log_path
         self.excerpt = excerpt
 
     def fields(self) -> dict[str, object]:
-        """The typed fields, for JSON output."""
-        return {"returncode": self.returncode, "signal": self.signal, "process": self.process,
-                "log_path": self.log_path}
+        return super().fields() | {"returncode": self.returncode, "signal": self.signal,
+                                   "process": self.process}

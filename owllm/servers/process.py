@@ -265,6 +265,7 @@ def wait_ready(
                 f"({log_path}):\n{tail(log_path)}",
                 hint="raise startup_timeout_s / stall_timeout_s in the model's config if the "
                      "model is just slow to load",
+                log_path=str(log_path), waited_s=round(now - start, 3), stalled=stalled,
             )
         time.sleep(interval_s)
 
