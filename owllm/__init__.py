@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from owllm._version import __version__
 from owllm.config import Config, ModelConfig, load_config
 from owllm.envs import EnvRegistry, EnvSpec
 from owllm.errors import (
