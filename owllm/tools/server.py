@@ -65,7 +65,9 @@ from pathlib import Path
 from typing import Any
 
 from owllm import __version__
-from owllm.backends.asgi_guard import (
+from owllm.config import Config, load_config
+from owllm.errors import OwllmError, UsageError
+from owllm.inenv.asgi_guard import (
     ALLOWED_HOSTS_VAR,
     API_KEY_VAR,
     bearer_ok,
@@ -75,8 +77,6 @@ from owllm.backends.asgi_guard import (
     origin_allowed,
     parse_allowed_hosts,
 )
-from owllm.config import Config, load_config
-from owllm.errors import OwllmError, UsageError
 from owllm.tools.errors import ARGS_CODES, ToolCallError, ToolError, ToolTimeout
 from owllm.tools.parser import ToolCall, parse_tool_call
 from owllm.tools.registry import Tool, ToolRegistry, dumps_result, tools_from_config

@@ -1,30 +1,15 @@
-"""The server's pure helpers (stdlib only), loaded by path as the server itself loads them."""
+"""The servers' pure helpers (stdlib only), imported as the host imports in-env modules."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from tests.backends.conftest import SERVER_SCRIPT, TRANSFORMERS_ENV_PACKAGES
-
-
-def _load() -> ModuleType:
-    path = SERVER_SCRIPT.parent / "_server_helpers.py"
-    spec = importlib.util.spec_from_file_location("owllm_server_helpers_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-H = _load()
+from owllm.inenv import openai_helpers as H
+from tests.inenv.conftest import TRANSFORMERS_ENV_PACKAGES
 
 
 def test_inside_string() -> None:
