@@ -109,6 +109,11 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def convert(model_dir: Path, out: Path, outtype: str = "f16") -> dict[str, Any]:
+    """Write ``model_dir`` as a GGUF file at ``out`` (atomically, via a temporary sibling).
+
+    One function on purpose (over 60 lines): it follows llama.cpp's convert_hf_to_gguf.py
+    step for step (hyperparameters, tokenizer, tensors, write), and the GGUF writer must see
+    them in that order; split apart, the steps would pass the writer's state around."""
     import gguf
     import numpy as np
 

@@ -57,7 +57,7 @@ def test_death_by_signal(tmp_path: Path) -> None:
 def test_timeout_kills_and_raises(tmp_path: Path) -> None:
     python = fake_python(tmp_path, "echo started >&2; exec sleep 30")
     started = time.monotonic()
-    with pytest.raises(InEnvError, match="did not finish in 0.5s") as info:
+    with pytest.raises(InEnvError, match=r"did not finish in 0\.5s") as info:
         run_in_env(python, "probe", timeout=0.5)
     assert time.monotonic() - started < 10
     assert info.value.returncode is None
