@@ -68,3 +68,21 @@ def test_env_has_the_server_packages(transformers_python: Path) -> None:
                              json.dumps(TRANSFORMERS_ENV_PACKAGES)],
                             capture_output=True, text=True, check=True, timeout=60)
     assert json.loads(result.stdout) == []
+
+
+def test_reply_shapes_bodies_and_chunks() -> None:
+    chat = H.Reply(chat=True, model_id="m", prompt_tokens=5)
+    assert chat.rid.startswith("chatcmpl-") and chat.kind == "chat.completion"
+    body = chat.body('{"tool": "calc", "args": {}, "id": "call_1"}', 3, "stop", tools=True)
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+    assert body["choices"][0]["message"]["content"] is None
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    first = json.loads(chat.chunk("", None, first=True)[len("data: "):])
+    assert first["object"] == "chat.completion.chunk"
+    assert first["choices"][0]["delta"] == {"role": "assistant"}
+    assert json.loads(chat.usage_chunk(2)[6:])["usage"]["total_tokens"] == 7
+    text = H.Reply(chat=False, model_id="m", prompt_tokens=1)
+    assert text.rid.startswith("cmpl-")
+    assert text.body("hi", 1, "length", tools=False)["choices"][0] == {
+        "index": 0, "text": "hi", "finish_reason": "length"}
+    assert json.loads(text.chunk("x", None)[6:])["object"] == "text_completion"
