@@ -1,7 +1,8 @@
 """Our transformers server against bare transformers, measured in the same run on the demo model.
 
-* start-to-healthy: launching ``transformers_server.py`` until ``/health`` is 200, against a bare
-  script that imports torch + transformers, loads the same model and runs one forward pass;
+* start-to-healthy: launching ``owllm.inenv.transformers_app`` until ``/health`` is 200,
+  against a bare script that imports torch + transformers, loads the same model and runs one
+  forward pass;
 * tokens/s: greedy ``/v1/completions`` through HTTP against in-process ``model.generate`` with
   the same prompt, token budget and greedy decoding;
 * constrained decoding: seconds per token with a ``json_schema`` response format against free
@@ -27,10 +28,8 @@ from typing import Any
 import httpx
 
 from owllm.envs import EnvRegistry
+from owllm.envs.runner import inenv_argv, run_in_env
 
-REPO = Path(__file__).resolve().parents[1]
-SERVER = REPO / "owllm" / "backends" / "transformers_server.py"
-BUILDER = REPO / "owllm" / "demo_model.py"
 SCHEMA = {"type": "object", "properties": {
     "answer": {"type": "integer", "minimum": 0, "maximum": 999},
     "unit": {"enum": ["cm", "kg", "s"]}, "note": {"type": "string", "maxLength": 40}},
@@ -77,8 +76,9 @@ def start_server(python: str, model_dir: Path, work: Path) -> tuple[subprocess.P
         "max_model_len": 1024}))
     port = free_port()
     started = time.perf_counter()
-    process = subprocess.Popen([python, str(SERVER), "--config-json", str(config), "--port",
-                                str(port)], stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(inenv_argv(python, "transformers_app", "--config-json",
+                                          str(config), "--port", str(port)),
+                               stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     while True:
@@ -124,8 +124,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="owllm-bench-") as tmp:
         work = Path(tmp)
         model_dir = args.model_dir or work / "model"
-        subprocess.run([python, str(BUILDER), "--out", str(model_dir)], check=True,
-                       capture_output=True)
+        run_in_env(python, "demo_model", ["--out", str(model_dir)])
         prompt = "Once upon a time"
 
         loads = []

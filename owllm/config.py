@@ -190,7 +190,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def _backend_problems(model: ModelConfig) -> list[tuple[str, str]]:
     """Options that only one backend understands, named where they are set elsewhere."""
-    from owllm.backends.gguf_convert import QUANT_TYPES
+    from owllm.inenv.gguf_convert import QUANT_TYPES
 
     problems = []
     if model.backend != "transformers" and model.use_4bit:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +13,17 @@ from filelock import FileLock
 from owllm import progress
 from owllm.backends import BackendContext
 from owllm.config import DEMO_SCHEME, ModelConfig
-from owllm.errors import ServerError, UsageError
+from owllm.envs.runner import run_in_env
+from owllm.errors import UsageError
 from owllm.httpclient import SERVER_KEY_VAR, api_key
 from owllm.paths import PRIVATE_FILE_MODE, Home, make_private, private_dir
 
-HERE = Path(__file__).resolve().parent
-DEMO_BUILDER = HERE.parent / "demo_model.py"
 DEMO_MODELS = {"tiny-llama": 0}  # name -> seed
 
 
 def materialize_demo(name: str, home: Home, python: Path) -> Path:
     """Build the named demo model once per home (under a lock) with ``python`` (an env with
-    torch and transformers)."""
+    torch and transformers), by the in-env ``demo_model`` module."""
     if name not in DEMO_MODELS:
         raise UsageError(f"unknown demo model {DEMO_SCHEME}{name}",
                          hint=f"known: {', '.join(DEMO_SCHEME + n for n in DEMO_MODELS)}")
@@ -35,13 +33,8 @@ def materialize_demo(name: str, home: Home, python: Path) -> Path:
     # The first build trains a tokenizer and writes weights; later runs only check the marker.
     with (progress.step(f"preparing demo model {DEMO_SCHEME}{name} in {out}"),
           FileLock(str(home.locks_dir / f"demo-{name}.lock"))):
-        result = subprocess.run(
-            [str(python), str(DEMO_BUILDER), "--out", str(out), "--seed", str(seed)],
-            capture_output=True, text=True, check=False,
-        )
-        if result.returncode != 0:
-            raise ServerError(f"building demo model {name!r} failed (exit {result.returncode})"
-                              f":\n{(result.stderr or result.stdout)[-3000:]}")
+        run_in_env(python, "demo_model", ["--out", str(out), "--seed", str(seed)],
+                   what=f"building demo model {DEMO_SCHEME}{name}")
     return out
 
 

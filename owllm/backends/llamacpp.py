@@ -1,9 +1,9 @@
 """The llama.cpp backend: llama-cpp-python's OpenAI server behind a thin layer
-(``llamacpp_server.py``: /health, OpenAI ``json_schema`` output, config defaults), run with
-the env's python.
+(``owllm.inenv.llamacpp_server``: /health, OpenAI ``json_schema`` output, config defaults),
+run with the env's python.
 
 Weights: a ``.gguf`` file is served as is; a Hugging Face folder (the demo model included)
-is converted once by ``gguf_convert.py`` and cached by content hash, then quantized when
+is converted once by ``owllm.inenv.gguf_convert`` and cached by content hash, then quantized when
 the config says ``quant: q4_k_m`` (or another llama.cpp type).  A killed conversion leaves
 no file that looks finished, and a second server never converts the same model again.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,14 @@ from owllm.backends import BackendContext, Capabilities, LaunchSpec
 from owllm.backends._common import api_key_vars, hf_model_path, runs_on_cpu, write_run_file
 from owllm.backends._kernels import KernelChoice, choose
 from owllm.config import ModelConfig
-from owllm.errors import ServerError, UsageError
+from owllm.envs.runner import inenv_argv, run_in_env
+from owllm.errors import UsageError
+from owllm.inenv import PACKAGE_DIR
 
-HERE = Path(__file__).resolve().parent
-SERVER_SCRIPT = HERE / "llamacpp_server.py"
-CONVERTER = HERE / "gguf_convert.py"
+SERVER_MODULE = "llamacpp_server"  # in owllm/inenv/
+CONVERTER_MODULE = "gguf_convert"
+# Its code is part of a conversion's cache key: a fixed converter converts again.
+CONVERTER = Path(PACKAGE_DIR) / f"{CONVERTER_MODULE}.py"
 DEFAULT_N_CTX = 2048
 
 
@@ -67,13 +69,9 @@ def content_digest(source: Path, cache: Path) -> str:
     return outer.hexdigest()[:24]
 
 
-def _run_converter(python: Path, args: list[str], what: str) -> None:
+def _run_converter(python: Path, args: list[str], what: str, env_key: str) -> None:
     with progress.step(what):  # minutes for a 7B model: say so
-        result = subprocess.run([str(python), str(CONVERTER), *args], capture_output=True,
-                                text=True, check=False)
-        if result.returncode != 0:
-            raise ServerError(f"{what} failed (exit {result.returncode}):\n"
-                              f"{(result.stderr or result.stdout)[-3000:]}")
+        run_in_env(python, CONVERTER_MODULE, args, env_key=env_key, what=what)
 
 
 def gguf_for(source: Path, quant: str | None, ctx: BackendContext) -> Path:
@@ -91,21 +89,23 @@ def gguf_for(source: Path, quant: str | None, ctx: BackendContext) -> Path:
             if not out.exists():
                 _run_converter(ctx.env.python_executable,
                                ["--quantize-gguf", str(source), "--out", str(out),
-                                "--quant", quant], f"quantizing {source} to {quant}")
+                                "--quant", quant], f"quantizing {source} to {quant}",
+                               ctx.env.key)
             return out
         out = cache / f"{source.name}-{digest}.{quant or 'f16'}.gguf"
         if not out.exists():
             args = ["--model-dir", str(source), "--out", str(out)]
             _run_converter(ctx.env.python_executable,
                            args + (["--quant", quant] if quant else []),
-                           f"converting {source} to GGUF ({quant or 'f16'})")
+                           f"converting {source} to GGUF ({quant or 'f16'})", ctx.env.key)
         return out
 
 
 class LlamaCppBackend:
     name = "llamacpp"
     # llama-cpp-python's grammar converter ignores number bounds (integer ranges up to 1024
-    # values are rewritten as enums by llamacpp_server.py; wider ones stay unenforced).
+    # values are rewritten as enums by owllm.inenv.llamacpp_grammar; wider ones stay
+    # unenforced).
     capabilities = Capabilities(unenforced_keywords=(
         "number.minimum", "number.maximum", "number.exclusiveMinimum",
         "number.exclusiveMaximum", "number.multipleOf", "integer.multipleOf"))
@@ -141,8 +141,9 @@ class LlamaCppBackend:
             "model_settings": {"n_gpu_layers": -1} if gpu else {},
             "extra_buffers": buffers.value == "on",
         })
-        argv = (str(ctx.env.python_executable), str(SERVER_SCRIPT), "--config-json",
-                str(config_file), "--host", host, "--port", str(port), *model.server_args)
+        argv = inenv_argv(ctx.env.python_executable, SERVER_MODULE, "--config-json",
+                          str(config_file), "--host", host, "--port", str(port),
+                          *model.server_args)
         return LaunchSpec(argv=argv, env={"PYTHONUNBUFFERED": "1", **api_key_vars(model)},
                           ready_needs_completion=True,
                           kernels=(gguf_dtype(model, model_path), buffers))

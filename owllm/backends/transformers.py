@@ -1,5 +1,5 @@
-"""The transformers backend: our own OpenAI-compatible server (``transformers_server.py``),
-run with the model's env python.  The server script imports only the env's packages."""
+"""The transformers backend: our own OpenAI-compatible server (``owllm.inenv.transformers_app``),
+run with the model's env python.  The server imports only the env's packages."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 from owllm.backends import BackendContext, Capabilities, LaunchSpec
 from owllm.backends._common import (
-    DEMO_BUILDER,
     api_key_vars,
     hf_model_path,
     materialize_demo,
@@ -16,11 +15,11 @@ from owllm.backends._common import (
 )
 from owllm.backends._kernels import KernelChoice
 from owllm.config import ModelConfig
+from owllm.envs.runner import inenv_argv
 
-HERE = Path(__file__).resolve().parent
-SERVER_SCRIPT = HERE / "transformers_server.py"
+SERVER_MODULE = "transformers_app"  # in owllm/inenv/
 
-__all__ = ["DEMO_BUILDER", "SERVER_SCRIPT", "TransformersBackend", "materialize_demo"]
+__all__ = ["SERVER_MODULE", "TransformersBackend", "materialize_demo"]
 
 
 class TransformersBackend:
@@ -48,8 +47,9 @@ class TransformersBackend:
             },
             "max_model_len": model.max_model_len,
         })
-        argv = (str(ctx.env.python_executable), str(SERVER_SCRIPT), "--config-json",
-                str(config_file), "--host", host, "--port", str(port), *model.server_args)
+        argv = inenv_argv(ctx.env.python_executable, SERVER_MODULE, "--config-json",
+                          str(config_file), "--host", host, "--port", str(port),
+                          *model.server_args)
         return LaunchSpec(argv=argv, env={"PYTHONUNBUFFERED": "1", **api_key_vars(model)},
                           kernels=(dtype_choice(model, ctx),))
 

@@ -31,12 +31,14 @@ from owllm.backends import BackendContext, Capabilities, LaunchSpec
 from owllm.backends._common import api_key_vars, hf_model_path, runs_on_cpu, write_run_file
 from owllm.backends._kernels import KernelChoice, choose
 from owllm.config import ModelConfig
+from owllm.inenv import PACKAGE_DIR
 
 # Flexible whitespace off; xgrammar handles the JSON schemas OWLLM sends (tool envelopes).
 STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
 CPU_KV_CACHE_GIB = "1"  # VLLM_CPU_KVCACHE_SPACE when the user has not set it
-# OWLLM's request guard, copied into the run folder under a name no package uses.
-GUARD_SOURCE = Path(__file__).resolve().parent / "asgi_guard.py"
+# OWLLM's request guard (owllm/inenv/asgi_guard.py, standard library only, no relative
+# imports), copied into the run folder under a name no package uses.
+GUARD_SOURCE = Path(PACKAGE_DIR) / "asgi_guard.py"
 GUARD_MODULE = "owllm_asgi_guard"
 
 
@@ -101,8 +103,8 @@ class VllmBackend:
         if cpu and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KV_CACHE_GIB
         # The guard (loopback Host/Origin, JSON bodies, body cap, the key on every route but
-        # /health) as vLLM's outermost middleware.  A copy in the run folder, because
-        # owllm/backends on the path would shadow vLLM itself (with vllm.py, this file).
+        # /health) as vLLM's outermost middleware.  A copy in the run folder: vLLM imports
+        # it by a top-level name, and the owllm package is not importable in vLLM's env.
         guard = write_run_file(ctx.home, f"{GUARD_MODULE}.py",
                                GUARD_SOURCE.read_text(encoding="utf-8"))
         argv += ["--middleware", f"{GUARD_MODULE}.VllmGuard"]

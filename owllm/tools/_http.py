@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from owllm._version import __version__
-from owllm.backends.asgi_guard import (
+from owllm.inenv.asgi_guard import (
     ALLOWED_HOSTS_VAR,
     bearer_ok,
     host_allowed,

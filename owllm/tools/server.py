@@ -59,7 +59,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from owllm.backends.asgi_guard import (
+from owllm.inenv.asgi_guard import (
     ALLOWED_HOSTS_VAR,
     API_KEY_VAR,
     bind_warning,

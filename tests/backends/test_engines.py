@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import textwrap
 import threading
 import time
@@ -27,11 +26,11 @@ import psutil
 import pytest
 
 from owllm.config import Config, ModelConfig
+from owllm.envs.runner import run_in_env
 from owllm.errors import ServerError
 from owllm.servers.manager import LLMServerManager
 from owllm.smoke import model_smoke, tools_smoke
 from owllm.state_store import SERVER_CRASHED, SERVER_FAILED
-from tests.backends.conftest import DEMO_BUILDER
 
 pytestmark = [pytest.mark.slow]
 
@@ -287,9 +286,6 @@ def test_vllm_health_that_lies_is_not_ready(tmp_path: Path, manager: LLMServerMa
 @pytest.fixture(scope="module")
 def head_dim_16_model(env_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("hd16") / "model"
-    result = subprocess.run([str(env_python), str(DEMO_BUILDER), "--out", str(out),
-                             "--head-dim", "16"], capture_output=True, text=True,
-                            check=False, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_in_env(env_python, "demo_model", ["--out", str(out), "--head-dim", "16"], timeout=300)
     assert json.loads((out / "config.json").read_text())["head_dim"] == 16
     return out

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from owllm.backends.asgi_guard import bind_warning, host_allowed, origin_allowed
+from owllm.inenv.asgi_guard import bind_warning, host_allowed, origin_allowed
 from tests.hostile._real_servers import (
     ALLOWED,
     EVIL,

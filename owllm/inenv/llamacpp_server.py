@@ -1,8 +1,10 @@
 """llama-cpp-python's OpenAI-compatible server, with the parts OWLLM's contract adds.
 
-Standalone script, run with the ``llamacpp`` env's python; it never imports ``owllm``::
+In-env module (``owllm.inenv``), run with the ``llamacpp`` env's python; it never imports
+the host-side ``owllm``::
 
-    python llamacpp_server.py --config-json RUN.json --host 127.0.0.1 --port 8080
+    python owllm/inenv/__main__.py llamacpp_server --config-json RUN.json --host 127.0.0.1 \
+        --port 8080
 
 llama-cpp-python serves the model; a small ASGI layer in front of it adds:
 
@@ -28,36 +30,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-# This file sits next to OWLLM's backend modules (transformers.py, vllm.py), which would
-# shadow the real packages: drop the script's own folder from the import path.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != _HERE]
-
-
-def _load(name: str, filename: str) -> Any:
-    """Import a helper module from this script's folder by path (not on sys.path)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, filename))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-if TYPE_CHECKING:  # for the type checker only: at run time owllm is not importable here
-    from owllm.backends._server_helpers import content_text, prompt_char_limit
-    from owllm.backends.asgi_guard import Guard
-else:
-    _h = _load("owllm_server_helpers", "_server_helpers.py")
-    content_text, prompt_char_limit = _h.content_text, _h.prompt_char_limit
-    Guard = _load("owllm_asgi_guard", "asgi_guard.py").Guard
+from .asgi_guard import Guard
+from .llamacpp_grammar import schema_grammar
+from .openai_helpers import content_text, prompt_char_limit
 
 INTERNAL_ERROR = "internal error; the server log has the details"
 GENERATE_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion",
@@ -71,49 +49,6 @@ VALIDATED_PATHS = {"/v1/chat/completions": "CreateChatCompletionRequest",
                    "/extras/tokenize": "TokenizeInputRequest",
                    "/extras/tokenize/count": "TokenizeInputRequest",
                    "/extras/detokenize": "DetokenizeInputRequest"}
-
-
-# llama-cpp-python's schema converter lets raw control characters into strings, which no
-# strict JSON parser accepts; its `char` rule gets the exclusion llama.cpp's own has.
-_LOOSE_CHAR = 'char ::= [^"\\\\] |'
-_STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
-# It also ignores integer bounds: a bounded integer of at most this many values becomes an
-# enum.  Wider integer ranges and number (float) bounds stay unenforced, and OWLLM's
-# capabilities say so (the validator still rejects such calls).
-MAX_ENUM_INTEGERS = 1024
-
-
-def lower_schema(schema: Any) -> Any:
-    """The schema with what llama-cpp-python's converter ignores rewritten into what it
-    enforces (small integer ranges -> enums)."""
-    if isinstance(schema, list):
-        return [lower_schema(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {key: lower_schema(value) for key, value in schema.items()}
-    if schema.get("type") == "integer" and "enum" not in schema:
-        number = (int, float)
-        lows, highs = [], []
-        if isinstance(schema.get("minimum"), number):
-            lows.append(math.ceil(schema["minimum"]))
-        if isinstance(schema.get("exclusiveMinimum"), number):
-            lows.append(math.floor(schema["exclusiveMinimum"]) + 1)
-        if isinstance(schema.get("maximum"), number):
-            highs.append(math.floor(schema["maximum"]))
-        if isinstance(schema.get("exclusiveMaximum"), number):
-            highs.append(math.ceil(schema["exclusiveMaximum"]) - 1)
-        if lows and highs:
-            low, high = max(lows), min(highs)
-            if 0 <= high - low < MAX_ENUM_INTEGERS:
-                out = {"enum": list(range(low, high + 1))}
-    return out
-
-
-def schema_grammar(schema: dict[str, Any]) -> str:
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    return json_schema_to_gbnf(json.dumps(lower_schema(schema))).replace(_LOOSE_CHAR,
-                                                                         _STRICT_CHAR)
 
 
 class RequestError(Exception):

@@ -1,4 +1,4 @@
-"""demo_model.py: deterministic, atomic, idempotent, and loadable as a fast tokenizer."""
+"""demo_model: deterministic, atomic, idempotent, and loadable as a fast tokenizer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.backends.conftest import DEMO_BUILDER
+from owllm.envs.runner import run_in_env
 
 
 def digest(path: Path) -> str:
@@ -16,10 +16,7 @@ def digest(path: Path) -> str:
 
 
 def build(python: Path, out: Path, *extra: str) -> dict[str, Any]:
-    result = subprocess.run([str(python), str(DEMO_BUILDER), "--out", str(out), *extra],
-                            capture_output=True, text=True, check=False, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+    return run_in_env(python, "demo_model", ["--out", str(out), *extra], timeout=300)
 
 
 def test_layout(built_models: dict[str, Any], demo_model_dir: Path, lora_dir: Path) -> None:

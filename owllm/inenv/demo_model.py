@@ -1,9 +1,11 @@
 """Materialize OWLLM's demo model: a tiny random-weight Llama with a locally trained tokenizer.
 
-Standalone script, run with a provisioned env's python (torch, transformers, tokenizers,
-sentencepiece); it never imports ``owllm``::
+In-env module (``owllm.inenv``), run with a provisioned env's python (torch, transformers,
+tokenizers, sentencepiece); it never imports the host-side ``owllm``::
 
-    python demo_model.py --out DIR [--seed 0] [--lora-out DIR2]
+    python owllm/inenv/__main__.py demo_model --out DIR [--seed 0] [--lora-out DIR2]
+
+It prints one JSON object (what it built) on stdout, the protocol of ``run_in_env``.
 
 * Deterministic: the same seed gives the same weight bytes and the same tokenizer.
 * Sized so the same weights can serve on vLLM's CPU backend and llama.cpp too: head_dim 64

@@ -1,20 +1,20 @@
-"""The real transformers backend behind the manager: demo-model servers on loopback, driven
-over HTTP and with the official ``openai`` client."""
+"""The transformers backend (owllm/backends/transformers.py) behind the manager: what the
+config maps to the server (system prompt, model type, adapter and 4-bit env, the demo model),
+on real demo-model servers.  The server's own behaviour (sampling, stops, streaming, JSON
+schemas, request errors) is tested in tests/inenv/test_transformers_app.py."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jsonschema
 import pytest
 
-from owllm.backends.transformers import DEMO_BUILDER
 from owllm.envs import EnvRegistry
+from owllm.envs.runner import run_in_env
 from owllm.paths import Home
 from owllm.servers.manager import LLMServerManager
 
@@ -50,8 +50,8 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMServerManag
     home = Home(root)
     peft_env = EnvRegistry(home).ensure_env("torch-cpu-transformers-peft")
     demo, lora = root / "demo", root / "lora"
-    subprocess.run([str(peft_env.python_executable), str(DEMO_BUILDER), "--out", str(demo),
-                    "--lora-out", str(lora)], check=True, capture_output=True)
+    run_in_env(peft_env.python_executable, "demo_model",
+               ["--out", str(demo), "--lora-out", str(lora)], timeout=300)
     config = root / "configs" / "llm_backends.yaml"
     config.parent.mkdir()
     config.write_text(CONFIG.replace("LORA_DIR", str(lora)))
@@ -107,55 +107,6 @@ def test_usage_counts_and_finish_reason(chat: str, manager: LLMServerManager) ->
     assert explicit["usage"]["prompt_tokens"] < usage["prompt_tokens"]
 
 
-def test_seed_makes_sampling_reproducible(chat: str) -> None:
-    body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 12,
-            "temperature": 1.0, "top_p": 0.9}
-    a = post(chat, "/v1/chat/completions", seed=7, **body).json()
-    b = post(chat, "/v1/chat/completions", seed=7, **body).json()
-    assert a["choices"][0]["message"]["content"] == b["choices"][0]["message"]["content"]
-
-
-def test_stop_sequence_cuts_the_output(chat: str) -> None:
-    body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 24, "temperature": 0}
-    full = post(chat, "/v1/chat/completions", **body).json()["choices"][0]["message"]["content"]
-    if len(full) < 4:
-        pytest.skip("the random model produced too little text to cut")
-    stop = full[2:4]
-    cut = post(chat, "/v1/chat/completions", stop=[stop], **body).json()["choices"][0]
-    assert cut["finish_reason"] == "stop" and stop not in cut["message"]["content"]
-    assert full.startswith(cut["message"]["content"])
-
-
-def test_stream_equals_non_stream(chat: str) -> None:
-    body = {"messages": [{"role": "user", "content": "stream"}], "max_tokens": 10,
-            "temperature": 0}
-    whole = post(chat, "/v1/chat/completions", **body).json()
-    pieces, done = [], False
-    with httpx.stream("POST", chat + "/v1/chat/completions", timeout=60,
-                      json={**body, "stream": True}) as response:
-        for line in response.iter_lines():
-            if line == "data: [DONE]":
-                done = True
-            elif line.startswith("data: "):
-                delta = json.loads(line[6:])["choices"][0]["delta"]
-                pieces.append(delta.get("content") or "")
-    assert done and "".join(pieces) == whole["choices"][0]["message"]["content"]
-
-
-def test_json_schema_is_enforced(chat: str) -> None:
-    schema = {"type": "object", "additionalProperties": False, "required": ["name", "n"],
-              "properties": {"name": {"type": "string", "maxLength": 6},
-                             "n": {"type": "integer", "minimum": 0, "maximum": 99}}}
-    for seed in range(3):
-        answer = post(chat, "/v1/chat/completions", max_tokens=80, temperature=1.0, seed=seed,
-                      messages=[{"role": "user", "content": "json please"}],
-                      response_format={"type": "json_schema", "json_schema": {
-                          "name": "x", "schema": schema}}).json()
-        choice = answer["choices"][0]
-        assert choice["finish_reason"] == "stop"
-        jsonschema.validate(json.loads(choice["message"]["content"]), schema)
-
-
 def test_tools_come_back_as_tool_calls(chat: str) -> None:
     from owllm.tools.prompts import tool_call_response_schema
 
@@ -200,34 +151,6 @@ def test_4bit_loads_and_generates(manager: LLMServerManager) -> None:
     assert answer["usage"]["completion_tokens"] >= 1
     assert "4-bit" in manager.logs("q4", 200) or "bitsandbytes" in manager.logs("q4", 200) or \
         answer["usage"]["completion_tokens"] >= 1
-
-
-@pytest.mark.parametrize(("body", "status", "param"), [
-    ({"messages": [{"role": "user", "content": "x"}], "model": "other"}, 404, "model"),
-    ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n"),
-    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}, 400, "max_tokens"),
-    ({"messages": []}, 422, "messages"),
-    ({"messages": "hello"}, 422, "messages"),
-    ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 422,
-     "temperature"),
-    ({"messages": [{"role": "user", "content": "x"}],
-      "response_format": {"type": "json_schema", "json_schema": {"schema": 3}}}, 400,
-     "response_format"),
-])
-def test_bad_requests_get_openai_errors(chat: str, body: dict[str, Any], status: int,
-                                        param: str) -> None:
-    response = post(chat, "/v1/chat/completions", **body)
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["message"] and error["type"] and error["param"] == param
-    assert httpx.get(chat + "/health").status_code == 200
-
-
-def test_malformed_json_body_is_400(chat: str) -> None:
-    response = httpx.post(chat + "/v1/chat/completions", content=b"{not json",
-                          headers={"Content-Type": "application/json"})
-    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
-    assert httpx.get(chat + "/health").status_code == 200
 
 
 def test_missing_weights_fail_fast_with_the_reason(manager: LLMServerManager,

@@ -1,12 +1,16 @@
-"""Pure helpers of ``transformers_server.py``: OpenAI error bodies, tool calls, stops, JSON.
+"""Pure helpers of OWLLM's model servers: OpenAI error bodies and response envelopes, tool
+calls, stops, JSON.
 
-Standard library only, so it is unit-testable without torch; the server loads it by path
-(``transformers_server.py`` runs as a script whose folder is kept off ``sys.path``).
+Standard library only, so it is unit-testable without torch (on the host it imports as
+``owllm.inenv.openai_helpers``); in-env module: it never imports the host-side ``owllm``.
 """
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 MAX_STOP = 4
@@ -180,3 +184,63 @@ def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
         calls.append({"id": str(item.get("id") or f"call_{index}"), "type": "function",
                       "function": {"name": name, "arguments": json.dumps(args)}})
     return calls or None
+
+
+# -- one reply ------------------------------------------------------------------------------
+
+@dataclass
+class Reply:
+    """The OpenAI envelope of one completion: its id, object kind, and the chunks or body."""
+
+    chat: bool
+    model_id: str
+    prompt_tokens: int
+    rid: str = ""
+    created: int = 0
+
+    def __post_init__(self) -> None:
+        self.created = int(time.time())
+        self.rid = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
+
+    @property
+    def kind(self) -> str:
+        return "chat.completion" if self.chat else "text_completion"
+
+    def usage(self, n: int) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": n,
+                "total_tokens": self.prompt_tokens + n}
+
+    def chunk(self, delta: str, finish: str | None, first: bool = False,
+              calls: list[dict[str, Any]] | None = None) -> str:
+        """One server-sent event of a stream."""
+        if self.chat:
+            d: dict[str, Any] = {"role": "assistant"} if first else {}
+            if delta:
+                d["content"] = delta
+            if calls:
+                d["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
+            choice: dict[str, Any] = {"index": 0, "delta": d, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": delta, "finish_reason": finish}
+        body = {"id": self.rid, "object": f"{self.kind}.chunk" if self.chat else self.kind,
+                "created": self.created, "model": self.model_id, "choices": [choice]}
+        return f"data: {json.dumps(body)}\n\n"
+
+    def usage_chunk(self, n: int) -> str:
+        return "data: " + json.dumps({"id": self.rid, "object": f"{self.kind}.chunk",
+                                      "created": self.created, "model": self.model_id,
+                                      "choices": [], "usage": self.usage(n)}) + "\n\n"
+
+    def body(self, text: str, count: int, finish: str, tools: bool) -> dict[str, Any]:
+        """The whole (non-streamed) response."""
+        if self.chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            calls = parse_tool_calls(text) if tools else None
+            if calls:
+                message = {"role": "assistant", "content": None, "tool_calls": calls}
+                finish = "tool_calls"
+            choice = {"index": 0, "message": message, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": finish}
+        return {"id": self.rid, "object": self.kind, "created": self.created,
+                "model": self.model_id, "choices": [choice], "usage": self.usage(count)}

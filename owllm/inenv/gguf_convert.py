@@ -1,9 +1,12 @@
 """Convert a Hugging Face Llama-family folder to GGUF (and optionally quantize it).
 
-Standalone script, run with the ``llamacpp`` env's python (gguf, numpy, safetensors,
-sentencepiece, llama_cpp); it never imports ``owllm``::
+In-env module (``owllm.inenv``), run with the ``llamacpp`` env's python (gguf, numpy,
+safetensors, sentencepiece, llama_cpp); it never imports the host-side ``owllm``::
 
-    python gguf_convert.py --model-dir DIR --out FILE.gguf [--outtype f16] [--quant q4_k_m]
+    python owllm/inenv/__main__.py gguf_convert --model-dir DIR --out FILE.gguf \
+        [--outtype f16] [--quant q4_k_m]
+
+It prints one JSON object (what it wrote) on stdout, the protocol of ``run_in_env``.
 
 Why our own converter: llama.cpp's ``convert_hf_to_gguf.py`` is not part of any installed
 package, and it refuses tokenizers it has not fingerprinted ("BPE pre-tokenizer was not
@@ -26,11 +29,6 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-
-# This file sits next to OWLLM's backend modules (transformers.py, vllm.py), which would
-# shadow the real packages: drop the script's own folder from the import path.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != _HERE]
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 # `quant:` names in the YAML -> llama.cpp file types (LLAMA_FTYPE_MOSTLY_*).
@@ -111,6 +109,11 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def convert(model_dir: Path, out: Path, outtype: str = "f16") -> dict[str, Any]:
+    """Write ``model_dir`` as a GGUF file at ``out`` (atomically, via a temporary sibling).
+
+    One function on purpose (over 60 lines): it follows llama.cpp's convert_hf_to_gguf.py
+    step for step (hyperparameters, tokenizer, tensors, write), and the GGUF writer must see
+    them in that order; split apart, the steps would pass the writer's state around."""
     import gguf
     import numpy as np
 

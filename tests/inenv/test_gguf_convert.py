@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from owllm.backends import BackendContext
-from owllm.backends.llamacpp import CONVERTER, gguf_for
+from owllm.backends.llamacpp import gguf_for
 from owllm.envs import EnvRegistry
+from owllm.envs.runner import inenv_argv
 from owllm.paths import Home
 from owllm.servers.manager import LLMServerManager
 
@@ -32,7 +33,7 @@ def llama_env(owllm_registry: EnvRegistry) -> Any:
 
 
 def convert(llama_env: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(llama_env.python_executable), str(CONVERTER), *args],
+    return subprocess.run(inenv_argv(llama_env.python_executable, "gguf_convert", *args),
                           capture_output=True, text=True, check=False, timeout=300)
 
 

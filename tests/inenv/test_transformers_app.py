@@ -1,4 +1,5 @@
-"""transformers_server.py end to end: real servers on loopback, the demo model, no mocks."""
+"""transformers_app (with transformers_engine) end to end: real servers on loopback, the demo
+model, no mocks."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import jsonschema
 import openai
 import pytest
 
-from tests.backends.conftest import (
-    SERVER_SCRIPT,
+from owllm.envs.runner import inenv_argv
+from tests.inenv.conftest import (
     SYSTEM_PROMPT,
     Server,
     launch,
@@ -280,9 +281,15 @@ def test_bad_requests(instruct_server: Server) -> None:
         400)
     assert_error(instruct_server.post(chat, {"messages": HELLO, "response_format": {
         "type": "xml"}}), 400)
+    error = assert_error(instruct_server.post(chat, {"messages": HELLO, "response_format": {
+        "type": "json_schema", "json_schema": {"schema": 3}}}), 400)
+    assert error["param"] == "response_format"
     raw = httpx.post(instruct_server.url(chat), content=b"{not json",
                      headers={"content-type": "application/json"}, timeout=10)
-    assert_error(raw, 400)
+    assert "not valid JSON" in assert_error(raw, 400)["message"]
+    for messages in ([], "hello"):
+        error = assert_error(instruct_server.post(chat, {"messages": messages}), 422)
+        assert error["param"] == "messages"
     error = assert_error(instruct_server.post(chat, {"messages": HELLO, "model": "nope"}), 404)
     assert error["code"] == "model_not_found"
     assert_error(instruct_server.post(chat, {"prompt": "no messages"}), 422)
@@ -339,9 +346,9 @@ def test_missing_model_exits_fast(env_python: Path, tmp_path: Path) -> None:
         cfg = tmp_path / "server.json"
         cfg.write_text(json.dumps(config))
         started = time.monotonic()
-        result = subprocess.run([str(env_python), str(SERVER_SCRIPT), "--config-json",
-                                 str(cfg), "--port", "1"], capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(inenv_argv(env_python, "transformers_app", "--config-json",
+                                           str(cfg), "--port", "1"),
+                                capture_output=True, text=True, timeout=60)
         assert result.returncode != 0
         assert key in result.stderr and value in result.stderr
         assert time.monotonic() - started < 5

@@ -1,30 +1,15 @@
-"""The server's pure helpers (stdlib only), loaded by path as the server itself loads them."""
+"""The servers' pure helpers (stdlib only), imported as the host imports in-env modules."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from tests.backends.conftest import SERVER_SCRIPT, TRANSFORMERS_ENV_PACKAGES
-
-
-def _load() -> ModuleType:
-    path = SERVER_SCRIPT.parent / "_server_helpers.py"
-    spec = importlib.util.spec_from_file_location("owllm_server_helpers_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-H = _load()
+from owllm.inenv import openai_helpers as H
+from tests.inenv.conftest import TRANSFORMERS_ENV_PACKAGES
 
 
 def test_inside_string() -> None:
@@ -83,3 +68,21 @@ def test_env_has_the_server_packages(transformers_python: Path) -> None:
                              json.dumps(TRANSFORMERS_ENV_PACKAGES)],
                             capture_output=True, text=True, check=True, timeout=60)
     assert json.loads(result.stdout) == []
+
+
+def test_reply_shapes_bodies_and_chunks() -> None:
+    chat = H.Reply(chat=True, model_id="m", prompt_tokens=5)
+    assert chat.rid.startswith("chatcmpl-") and chat.kind == "chat.completion"
+    body = chat.body('{"tool": "calc", "args": {}, "id": "call_1"}', 3, "stop", tools=True)
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+    assert body["choices"][0]["message"]["content"] is None
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    first = json.loads(chat.chunk("", None, first=True)[len("data: "):])
+    assert first["object"] == "chat.completion.chunk"
+    assert first["choices"][0]["delta"] == {"role": "assistant"}
+    assert json.loads(chat.usage_chunk(2)[6:])["usage"]["total_tokens"] == 7
+    text = H.Reply(chat=False, model_id="m", prompt_tokens=1)
+    assert text.rid.startswith("cmpl-")
+    assert text.body("hi", 1, "length", tools=False)["choices"][0] == {
+        "index": 0, "text": "hi", "finish_reason": "length"}
+    assert json.loads(text.chunk("x", None)[6:])["object"] == "text_completion"

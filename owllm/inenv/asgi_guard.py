@@ -1,7 +1,8 @@
 """The hostile-request guard in front of OWLLM's model servers: pure ASGI, standard library only.
 
-In-env code: it never imports ``owllm``.  ``transformers_server.py`` and ``llamacpp_server.py``
-load it by path and wrap their app in :class:`Guard`; for vLLM the launcher copies it as
+In-env module (``owllm.inenv``): it never imports the host-side ``owllm``, nor its siblings
+(vLLM gets a copy of this one file).  ``transformers_app`` and ``llamacpp_server`` import it
+relatively and wrap their app in :class:`Guard`; for vLLM the launcher copies it as
 ``owllm_asgi_guard.py`` into the home's run folder, puts that folder on the server's
 ``PYTHONPATH`` and passes ``--middleware owllm_asgi_guard.VllmGuard`` (vLLM adds it as the
 outermost middleware, so it runs before vLLM's own CORS and key checks).  The tool server
