@@ -13,7 +13,7 @@ import httpx
 import psutil
 
 from owllm.paths import Home
-from owllm.tools.manage import tool_server_status
+from owllm.servers.tool_server import tool_server_status
 from tests.procs import gone
 
 
