@@ -102,13 +102,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE envs ADD COLUMN extra TEXT;
     """,
-    # v4: the tool server's row key becomes one no model id can match (tools/manage.py NAME);
-    # a model called "tool-server" (kind 'model') keeps its row.
+    # v4: the tool server's row key becomes one no model id can match (then tools/manage.py NAME;
+    # v8 made the key (kind, name) instead); a model called "tool-server" keeps its row.
     """
     UPDATE servers SET model_id = 'tools:tool-server'
         WHERE model_id = 'tool-server' AND kind = 'tools';
     """,
-    # v5: process identity that no wall-clock step changes (servers/process.py Identity):
+    # v5: process identity that no wall-clock step changes (servers/identity.py Identity):
     # the start time in clock ticks since boot, and which boot.
     """
     ALTER TABLE servers ADD COLUMN pid_start_ticks INTEGER;
@@ -142,24 +142,11 @@ MIGRATIONS: tuple[str, ...] = (
     # server_owners gains the server's kind the same way (its ``kind`` is the run's).
     """
     CREATE TABLE servers_v8 (
-        model_id        TEXT NOT NULL,
-        status          TEXT NOT NULL,
-        pid             INTEGER,
-        port            INTEGER,
-        host            TEXT,
-        started_at      TEXT,
-        last_error      TEXT,
-        updated_at      TEXT NOT NULL,
-        kind            TEXT NOT NULL DEFAULT 'model',
-        pgid            INTEGER,
-        pid_create_time REAL,
-        url             TEXT,
-        env_key         TEXT,
-        log_path        TEXT,
-        stopped_at      TEXT,
-        extra           TEXT,
-        pid_start_ticks INTEGER,
-        boot_id         TEXT,
+        model_id TEXT NOT NULL, status TEXT NOT NULL, pid INTEGER, port INTEGER, host TEXT,
+        started_at TEXT, last_error TEXT, updated_at TEXT NOT NULL,
+        kind TEXT NOT NULL DEFAULT 'model', pgid INTEGER, pid_create_time REAL, url TEXT,
+        env_key TEXT, log_path TEXT, stopped_at TEXT, extra TEXT, pid_start_ticks INTEGER,
+        boot_id TEXT,
         PRIMARY KEY (kind, model_id)
     );
     INSERT INTO servers_v8 (kind, model_id, status, pid, port, host, started_at, last_error,
@@ -175,16 +162,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE servers_v8 RENAME TO servers;
     CREATE INDEX servers_status ON servers (status);
     CREATE TABLE server_owners_v8 (
-        model_id        TEXT NOT NULL,
-        run_id          TEXT NOT NULL,
-        kind            TEXT NOT NULL,
-        pid             INTEGER NOT NULL,
-        pid_create_time REAL,
-        kept            INTEGER NOT NULL DEFAULT 0,
-        since           TEXT NOT NULL,
-        pid_start_ticks INTEGER,
-        boot_id         TEXT,
-        server_kind     TEXT NOT NULL DEFAULT 'model',
+        model_id TEXT NOT NULL, run_id TEXT NOT NULL, kind TEXT NOT NULL,
+        pid INTEGER NOT NULL, pid_create_time REAL, kept INTEGER NOT NULL DEFAULT 0,
+        since TEXT NOT NULL, pid_start_ticks INTEGER, boot_id TEXT,
+        server_kind TEXT NOT NULL DEFAULT 'model',
         PRIMARY KEY (server_kind, model_id)
     );
     INSERT INTO server_owners_v8 (server_kind, model_id, run_id, kind, pid, pid_create_time,

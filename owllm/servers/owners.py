@@ -37,7 +37,7 @@ CLOSE_TIMEOUT_S = 120.0
 
 
 def whoami() -> dict[str, Any]:
-    """This process's identity as the StateStore records one (servers/process.py
+    """This process's identity as the StateStore records one (servers/identity.py
     ``Identity``: start ticks since boot where there is /proc, no wall-clock step moves
     them; an NTP step during a long run must not make its watchdog think the run died)."""
     fields = dict(identity_of(os.getpid()).row_fields())
@@ -253,6 +253,17 @@ class Reaper:
             return None  # still stopping something: it exits by itself when done
 
 
+def owned_rows(supervisor: Supervisor, run_id: str
+               ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """``(owner row, server row)`` of each server ``run_id`` owns and did not hand over
+    (kept), whose row exists."""
+    store = supervisor.store
+    for owner in store.list_server_owners(run_id=run_id):
+        row = store.get_server(owner["model_id"], kind=owner["server_kind"])
+        if not owner["kept"] and row is not None:
+            yield owner, row
+
+
 def stop_owned(home: Path, run_id: str, reason: str | None = None) -> list[str]:
     """Stop the live servers in ``home`` that run ``run_id`` owns and did not hand over,
     through the supervisor's own stop path (no config needed: a broken one cannot stop the
@@ -264,10 +275,9 @@ def stop_owned(home: Path, run_id: str, reason: str | None = None) -> list[str]:
     supervisor = Supervisor(Home(home))
     store = supervisor.store
     stopped: list[str] = []
-    for owner in store.list_server_owners(run_id=run_id):
-        kind, name = owner["server_kind"], owner["model_id"]
-        row = store.get_server(name, kind=kind)
-        if owner["kept"] or row is None or row["status"] not in LIVE_STATUSES:
+    for owner, row in owned_rows(supervisor, run_id):
+        kind, name = row["kind"], row["model_id"]
+        if row["status"] not in LIVE_STATUSES:
             continue
         # Re-read: another run may have restarted it (its own owner) since the list.
         current = store.get_server_owner(name, kind=kind)

@@ -69,6 +69,7 @@ from owllm.servers.owners import (
     Owner,
     Reaper,
     describe_owner,
+    owned_rows,
     owned_servers,
     process_alive,
     read_ledger,
@@ -81,7 +82,7 @@ from owllm.servers.supervisor import Supervisor
 from owllm.state_store import ServerStatus, server_subject
 
 __all__ = ["CLOSE_TIMEOUT_S", "KINDS", "LEDGER", "LedgerEntry", "Owner", "Reaper",
-           "describe_owner", "main", "owned_servers", "process_alive", "read_ledger",
+           "describe_owner", "main", "owned_rows", "owned_servers", "process_alive", "read_ledger",
            "reconcile_crashed", "release_run", "start_owned_tool_server", "stop_owned",
            "watch", "whoami"]
 
@@ -99,19 +100,15 @@ def reconcile_crashed(home: Path, run_id: str) -> list[str]:
     if not Home(home).state_db.is_file():
         return []
     supervisor = Supervisor(Home(home))
-    store = supervisor.store
     done: list[str] = []
-    for owner in store.list_server_owners(run_id=run_id):
-        kind, name = owner["server_kind"], owner["model_id"]
-        row = store.get_server(name, kind=kind)
-        if owner["kept"] or row is None:
-            continue
+    for _owner, row in owned_rows(supervisor, run_id):
+        kind, name = row["kind"], row["model_id"]
         ident = identity_from_row(row)
         if row["status"] != ServerStatus.RUNNING or ident is None or ident.alive():
             continue
         # The supervisor's own lock, not waited for: a start or stop in progress decides.
         with contextlib.suppress(Timeout), supervisor.lock(kind, name, timeout=0):
-            again = store.get_server(name, kind=kind)
+            again = supervisor.store.get_server(name, kind=kind)
             if (again and again["status"] == ServerStatus.RUNNING
                     and again.get("pid") == row["pid"]):
                 supervisor.reconcile(kind, name)

@@ -90,7 +90,8 @@ def test_ctrl_c_during_tools_serve_kills_the_tool_server(tmp_path: Path, tmp_hom
         cli.communicate(timeout=60)
         assert cli.returncode == (130 if sig == signal.SIGINT else 143)
         assert wait_gone(pid), "the interrupted start left the tool server running"
-        final = StateStore(tmp_home / ".owllm" / "state.db").get_server(row["model_id"], kind=row["kind"])
+        final = StateStore(tmp_home / ".owllm" / "state.db").get_server(row["model_id"],
+                                                                        kind=row["kind"])
         assert final is not None and final["status"] == "FAILED"
         assert "interrupted" in final["last_error"]
     finally:
