@@ -1,8 +1,11 @@
 """The server manager: start, stop, restart and reconcile model servers.
 
+A model's server is one configuration of the supervisor (:mod:`owllm.servers.supervisor`,
+kind ``model``): this module adds what only models have — the backend's launch spec in the
+model's env, a port claimed under the home's port lock, readiness that may need a real
+completion, a retry on a port lost to another program and on a CPU fault of a fast kernel.
 State lives in the StateStore, so any process (CLI, pytest workers, a restarted manager) sees
-the same servers.  A server is ours when its recorded pid is alive *and* has the recorded
-create time; a pid reused by another program reads as gone.
+the same servers.
 """
 
 from __future__ import annotations
