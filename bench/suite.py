@@ -14,8 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from owllm.state_store import StateStore
-from owllm.tools.manage import NAME as TOOL_SERVER_ROW
+from owllm.servers.tool_server import KIND, NAME
+from owllm.state_store import StateStore, server_subject
+
+TOOL_SERVER_ROW = server_subject(KIND, NAME)  # its events' subject
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "models:\n" + "".join(

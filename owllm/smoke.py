@@ -207,9 +207,9 @@ def tools_smoke(manager: LLMServerManager, model_id: str, keep: bool = False,
 
 def _tools_smoke(manager: LLMServerManager, model_id: str, keep: bool,
                  tool_server_url: str | None) -> dict[str, Any]:
+    from owllm.servers.tool_server import stop_tool_server
     from owllm.tools import ToolCallError, parse_tool_call
     from owllm.tools.client import ToolServerClient
-    from owllm.tools.manage import stop_tool_server
     from owllm.tools.prompts import render_tools, template_for, tool_call_response_schema
 
     model = manager.config.model(model_id)

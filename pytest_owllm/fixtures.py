@@ -22,6 +22,7 @@ from owllm.envs import EnvRegistry, EnvSpec
 from owllm.paths import Home, resolve_home
 from owllm.servers.manager import LLMServerManager
 from owllm.servers.reaper import LEDGER, Owner, start_owned_tool_server
+from owllm.state_store import ServerStatus
 
 RUN_KEY = pytest.StashKey[Owner]()
 RUN_INPUT = "owllm_run"  # the run's owner in an xdist worker's workerinput
@@ -118,7 +119,7 @@ def owllm_server_factory(request: pytest.FixtureRequest,
     def start(model_id: str) -> dict[str, Any]:
         with FileLock(str(shared / f"owllm-server-{model_id}.lock")):
             row = owllm_manager.reconcile(model_id)
-            if row and row["status"] == "RUNNING" and row.get("healthy"):
+            if row and row["status"] == ServerStatus.RUNNING and row.get("healthy"):
                 return row
             return owllm_manager.start_server(model_id)  # owned by the run from its launch
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sqlite3
@@ -9,7 +10,15 @@ import pytest
 
 from owllm.errors import StateStoreError
 from owllm.paths import resolve_home
-from owllm.state_store import MIGRATIONS, SCHEMA_VERSION, StateStore, get_state_store
+from owllm.state_store import (
+    LIVE_STATUSES,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    TOOLS_KIND,
+    ServerStatus,
+    StateStore,
+    get_state_store,
+)
 
 
 def _writer(db: str, worker: int, count: int, errors: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
@@ -187,3 +196,74 @@ def test_get_state_store_uses_owllm_home(tmp_home: Path) -> None:
     store = get_state_store()
     assert store.db_path == tmp_home / ".owllm" / "state.db"
     assert resolve_home().root == tmp_home
+
+
+def _old_store(db: Path, version: int) -> sqlite3.Connection:
+    """A real SQLite file at schema ``version``, as an older OWLLM left it."""
+    conn = sqlite3.connect(db)
+    for sql in MIGRATIONS[:version]:
+        conn.executescript(sql)
+    conn.execute(f"PRAGMA user_version = {version}")
+    return conn
+
+
+def test_v7_home_migrates_to_kind_and_name_keys(tmp_path: Path) -> None:
+    """A v7 home (servers keyed by model_id, the tool server as "tools:tool-server", its
+    owner row keyed the same) keeps every row; the tool server becomes (tools, tool-server)
+    beside a model's own "tool-server" server."""
+    db = tmp_path / "state.db"
+    conn = _old_store(db, 7)
+    conn.execute("INSERT INTO servers (model_id, status, kind, pid, port, url, extra, "
+                 "pid_start_ticks, boot_id, updated_at) VALUES ('tools:tool-server', "
+                 "'RUNNING', 'tools', 11, 8763, 'http://127.0.0.1:8763', '{\"a\": 1}', 5, "
+                 "'b', 'then')")
+    conn.execute("INSERT INTO servers (model_id, status, kind, pid, updated_at) VALUES "
+                 "('tool-server', 'STOPPED', 'model', 12, 'then')")
+    conn.execute("INSERT INTO server_owners (model_id, run_id, kind, pid, kept, since) "
+                 "VALUES ('tools:tool-server', 'r1', 'pytest', 99, 1, 'then')")
+    conn.execute("INSERT INTO server_owners (model_id, run_id, kind, pid, kept, since) "
+                 "VALUES ('tool-server', 'r2', 'smoke', 98, 0, 'then')")
+    conn.commit()
+    conn.close()
+
+    store = StateStore(db)
+    assert store.schema_version == SCHEMA_VERSION
+    tools = store.get_server("tool-server", kind=TOOLS_KIND)
+    assert tools is not None and tools["status"] == "RUNNING" and tools["pid"] == 11
+    assert tools["extra"] == {"a": 1} and tools["pid_start_ticks"] == 5
+    model = store.get_server("tool-server")
+    assert model is not None and model["kind"] == "model" and model["pid"] == 12
+    assert store.get_server("tools:tool-server", kind=TOOLS_KIND) is None
+    assert (store.get_server_owner("tool-server", kind=TOOLS_KIND) or {})["run_id"] == "r1"
+    assert (store.get_server_owner("tool-server") or {})["run_id"] == "r2"
+    assert db.with_name("state.db.bak-v7").exists()
+    # the old keys' shape is gone: the same name in two kinds is two rows from now on
+    store.upsert_server("tool-server", status="RUNNING", pid=13)
+    assert store.get_server("tool-server", kind=TOOLS_KIND)["pid"] == 11  # type: ignore[index]
+
+
+def test_a_model_and_the_tool_server_may_share_a_name(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "s.db")
+    store.upsert_server("tool-server", status=ServerStatus.RUNNING, pid=1)
+    store.upsert_server("tool-server", kind=TOOLS_KIND, status=ServerStatus.STARTING, pid=2)
+    store.upsert_server("tool-server", kind=TOOLS_KIND, status=ServerStatus.RUNNING)
+    rows = {(r["kind"], r["model_id"]): r for r in store.list_servers()}
+    assert rows[("model", "tool-server")]["pid"] == 1
+    assert rows[("tools", "tool-server")]["pid"] == 2
+    assert [r["kind"] for r in store.list_servers(kind="tools")] == ["tools"]
+    subjects = [e["subject"] for e in reversed(store.list_events(kind="server"))]
+    assert subjects == ["tool-server", "tools:tool-server", "tools:tool-server"]
+    owner = {"run_id": "r", "kind": "api", "pid": os.getpid()}
+    store.set_server_owner("tool-server", owner, kind=TOOLS_KIND)
+    assert store.get_server_owner("tool-server") is None
+    assert store.release_server_owner("tool-server", "r") is False  # the model's: none
+    assert store.release_server_owner("tool-server", "r", kind=TOOLS_KIND) is True
+    assert store.delete_server("tool-server", kind=TOOLS_KIND)
+    assert store.get_server("tool-server") is not None
+
+
+def test_status_values_are_one_str_enum() -> None:
+    assert ServerStatus.RUNNING == "RUNNING" and isinstance(ServerStatus.RUNNING, str)
+    assert json.dumps({"status": ServerStatus.CRASHED}) == '{"status": "CRASHED"}'
+    assert [s.value for s in LIVE_STATUSES] == ["STARTING", "RUNNING"]
+    assert not hasattr(StateStore, "wait_for")

@@ -65,7 +65,7 @@ def _with_owners(store: Any) -> list[dict[str, Any]]:
     """Server rows, each live one with the run or command that owns it (``owner``: its
     run_id, kind pytest/smoke/api, pid, whether that process lives, ``kept`` when handed
     over); null for a server nobody owns (``owllm server start``) or one that is not live."""
-    owners = {row["model_id"]: row for row in store.list_server_owners()}
-    return [row | {"owner": describe_owner(owners.get(row["model_id"]))
+    owners = {(row["server_kind"], row["model_id"]): row for row in store.list_server_owners()}
+    return [row | {"owner": describe_owner(owners.get((row["kind"], row["model_id"])))
                    if row["status"] in LIVE_STATUSES else None}
             for row in store.list_servers()]

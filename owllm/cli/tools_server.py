@@ -36,7 +36,7 @@ def _config(ctx: Context) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from owllm.tools.manage import start_tool_server
+    from owllm.servers.tool_server import start_tool_server
 
     ctx = Context.from_args(args)
     config = _config(ctx)  # first: a broken config must not create the home
@@ -47,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from owllm.tools.manage import stop_tool_server
+    from owllm.servers.tool_server import stop_tool_server
 
     ctx = Context.from_args(args)
     row = stop_tool_server(ctx.home)
@@ -57,7 +57,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from owllm.tools.manage import tool_server_status
+    from owllm.servers.tool_server import tool_server_status
 
     ctx = Context.from_args(args)
     row = tool_server_status(ctx.home) or {"model_id": "tool-server", "status": "NOT_STARTED"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable
 
-LIVE_STATUSES = ("STARTING", "RUNNING")
+from owllm.state_store import LIVE_STATUSES  # noqa: F401  (re-export: callers import it here)
 
 
 def is_free(port: int, host: str = "127.0.0.1") -> bool:

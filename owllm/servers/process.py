@@ -8,14 +8,12 @@ first, raise at once with its exit code and the last log lines → if the log st
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,93 +22,14 @@ import psutil
 from owllm.errors import ServerDied, ServerStartTimeout
 from owllm.paths import PRIVATE_FILE_MODE, make_private, private_dir
 from owllm.servers.diagnose import TreeWatch, diagnose
+from owllm.servers.identity import (
+    SERVER_TOKEN_VAR,
+    Identity,
+    _same_process,
+    boot_id,
+)
 
 LOG_TAIL_LINES = 30
-
-
-# Linux: a process's start in clock ticks since boot, from /proc (see Identity).
-_PROC = Path("/proc")
-_HAS_PROC_STAT = (_PROC / "self" / "stat").is_file()
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """``(state, start ticks since boot)`` of ``pid`` from ``/proc/<pid>/stat`` (fields 3
-    and 22); None when there is no such process."""
-    try:
-        data = (_PROC / str(pid) / "stat").read_bytes()
-    except OSError:
-        return None
-    # Field 2, the command name, is in parentheses and may itself hold spaces and ')'.
-    fields = data[data.rfind(b")") + 2:].split()
-    try:
-        return fields[0].decode(), int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-@functools.lru_cache(maxsize=1)
-def boot_id() -> str | None:
-    """This boot's id (Linux): start ticks count from the boot, so they compare only
-    within one."""
-    try:
-        return (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _start_ticks(pid: int) -> int | None:
-    stat = _proc_stat(pid) if _HAS_PROC_STAT else None
-    return stat[1] if stat else None
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What identifies one process over time: pid reuse changes its start time.
-
-    On Linux the start time is the one in clock ticks since boot (``/proc/<pid>/stat``
-    field 22), with the boot's id: no wall-clock step (NTP, ``date -s``, a VM resume)
-    changes them.  ``create_time`` (psutil's: the boot time plus those ticks, where the boot
-    time is derived from the wall clock) moves with every step, and comparing it to 0.01 s
-    made live servers read as dead, then never killed.  It is kept for display, for other
-    systems, and for rows recorded before the ticks were.
-    """
-
-    pid: int
-    pgid: int
-    create_time: float
-    start_ticks: int | None = None
-    boot_id: str | None = None
-
-    def alive(self) -> bool:
-        """True while this very process (not a pid reused by another program) runs."""
-        if self.start_ticks is not None and _HAS_PROC_STAT:
-            if self.boot_id and boot_id() not in (None, self.boot_id):
-                return False  # recorded in an earlier boot: that process is gone
-            stat = _proc_stat(self.pid)
-            return stat is not None and stat[1] == self.start_ticks and stat[0] not in "ZX"
-        try:
-            proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > 0.01:
-                return False
-            return proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
-
-    def row_fields(self) -> dict[str, object]:
-        """The StateStore server-row fields that record this identity."""
-        return {"pid": self.pid, "pgid": self.pgid, "pid_create_time": self.create_time,
-                "pid_start_ticks": self.start_ticks, "boot_id": self.boot_id}
-
-
-def identity_from_row(row: dict[str, object]) -> Identity | None:
-    """The identity a StateStore server row recorded (None before the process started)."""
-    pid, created = row.get("pid"), row.get("pid_create_time")
-    if not isinstance(pid, int) or not isinstance(created, float):
-        return None
-    pgid, ticks, boot = row.get("pgid"), row.get("pid_start_ticks"), row.get("boot_id")
-    return Identity(pid=pid, pgid=pgid if isinstance(pgid, int) else pid, create_time=created,
-                    start_ticks=ticks if isinstance(ticks, int) else None,
-                    boot_id=boot if isinstance(boot, str) else None)
 
 
 def probe_health(url: str, path: str = "/health", timeout: float = 2.0) -> bool:
@@ -123,14 +42,6 @@ def probe_health(url: str, path: str = "/health", timeout: float = 2.0) -> bool:
         return httpclient.get(url + path, timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def identity_of(pid: int) -> Identity:
-    """The identity of the running process ``pid`` (see :class:`Identity`)."""
-    proc = psutil.Process(pid)
-    ticks = _start_ticks(pid)
-    return Identity(pid=pid, pgid=os.getpgid(pid), create_time=proc.create_time(),
-                    start_ticks=ticks, boot_id=boot_id() if ticks is not None else None)
 
 
 # What a live server that failed one health probe turned out to be (wait_answering).
@@ -227,11 +138,13 @@ def wait_ready(
     what: str,
     interval_s: float = 0.25,
     log_offset: int = 0,
+    model_id: str | None = None,
 ) -> float:
     """Poll ``check`` until True; return the seconds it took.  See the module docstring.
 
     ``log_offset`` is where this start's output begins in the log: errors quote the first
-    error after it (see :mod:`owllm.servers.diagnose`)."""
+    error after it (see :mod:`owllm.servers.diagnose`).  ``model_id`` goes into the errors'
+    field of that name (None: not a model's server)."""
     start = time.monotonic()
     last_size, last_progress = -1, start
     watch = TreeWatch(proc.pid)
@@ -239,14 +152,14 @@ def wait_ready(
         watch.poll()
         exit_code = _exit_code(proc)
         if exit_code is not None:
-            raise died(what, exit_code, log_path, log_offset, watch)
+            raise died(what, exit_code, log_path, log_offset, watch, model_id)
         if check():
             return time.monotonic() - start
         if watch.vanished:
             found = diagnose(log_path, log_offset, None, watch)
             if found.signal:  # a child was killed: the server cannot become ready
                 kill_group(_pgid(proc), proc.pid)
-                raise died(what, _exit_code(proc), log_path, log_offset, watch)
+                raise died(what, _exit_code(proc), log_path, log_offset, watch, model_id)
         now = time.monotonic()
         try:
             size = log_path.stat().st_size
@@ -266,12 +179,13 @@ def wait_ready(
                 hint="raise startup_timeout_s / stall_timeout_s in the model's config if the "
                      "model is just slow to load",
                 log_path=str(log_path), waited_s=round(now - start, 3), stalled=stalled,
+                model_id=model_id,
             )
         time.sleep(interval_s)
 
 
 def died(what: str, exit_code: int | None, log_path: Path, log_offset: int,
-         watch: TreeWatch | None) -> ServerDied:
+         watch: TreeWatch | None, model_id: str | None = None) -> ServerDied:
     """The typed error for a server that ended (or lost a child) before it was ready."""
     found = diagnose(log_path, log_offset, exit_code, watch)
     summary = found.summary(exit_code) or (
@@ -280,7 +194,8 @@ def died(what: str, exit_code: int | None, log_path: Path, log_offset: int,
         f"{what} died before it was ready: {summary}.\nFirst error in the log "
         f"({log_path}):\n{found.excerpt}",
         hint=f"read the whole log: {log_path}", returncode=exit_code, signal=found.signal,
-        process=found.process, log_path=str(log_path), excerpt=found.excerpt)
+        process=found.process, log_path=str(log_path), excerpt=found.excerpt,
+        model_id=model_id)
 
 
 def _exit_code(proc: subprocess.Popen[bytes] | Identity) -> int | None:
@@ -323,26 +238,6 @@ def kill_group(pgid: int, pid: int | None = None, grace_s: float = 5.0) -> None:
     deadline = time.monotonic() + grace_s
     while _group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
-
-
-SERVER_TOKEN_VAR = "OWLLM_SERVER_TOKEN"
-
-
-def descendants(pid: int) -> list[list[float | None]]:
-    """``[pid, create_time, start_ticks]`` of every live descendant of ``pid`` (recorded at
-    readiness; ``start_ticks`` is None where there is no /proc, see :class:`Identity`)."""
-    try:
-        return [[child.pid, child.create_time(), _start_ticks(child.pid)]
-                for child in psutil.Process(pid).children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def _same_process(proc: psutil.Process, created: float, ticks: float | None) -> bool:
-    """``proc`` is the process recorded with ``created`` / ``ticks`` (see Identity)."""
-    if ticks is not None and _HAS_PROC_STAT:
-        return _start_ticks(proc.pid) == int(ticks)
-    return abs(proc.create_time() - created) < 0.01
 
 
 def reap_leftovers(token: str = "", known: Sequence[Sequence[float | None]] | None = None,

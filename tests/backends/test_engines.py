@@ -30,7 +30,7 @@ from owllm.envs.runner import run_in_env
 from owllm.errors import ServerError
 from owllm.servers.manager import LLMServerManager
 from owllm.smoke import model_smoke, tools_smoke
-from owllm.state_store import SERVER_CRASHED, SERVER_FAILED
+from owllm.state_store import ServerStatus
 
 pytestmark = [pytest.mark.slow]
 
@@ -249,7 +249,7 @@ def _crash_and_reconcile(manager: LLMServerManager, model: str, backend: str) ->
     with contextlib.suppress(psutil.NoSuchProcess):
         psutil.Process(row["pid"]).wait(timeout=10)  # our child: reaped here
     reconciled = manager.reconcile(model)
-    assert reconciled["status"] == SERVER_CRASHED
+    assert reconciled["status"] == ServerStatus.CRASHED
     assert "gone" in reconciled["last_error"]
     assert server_processes(token) == []
     assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in before)
@@ -276,7 +276,7 @@ def test_vllm_health_that_lies_is_not_ready(tmp_path: Path, manager: LLMServerMa
     with pytest.raises(ServerError) as info:
         bad.start_server(model)
     row = bad.store.get_server(model)
-    assert row["status"] == SERVER_FAILED, (row, str(info.value))
+    assert row["status"] == ServerStatus.FAILED, (row, str(info.value))
     assert server_processes(row["extra"]["token"]) == []
     # /health answered 200 all along: only the completion probe could tell.
     assert "answered 200 but a one-token completion failed" in row["last_error"]

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from owllm.servers.identity import descendants, identity_of
 from owllm.servers.manager import LLMServerManager
-from owllm.servers.process import descendants, identity_of, reap_leftovers
+from owllm.servers.process import reap_leftovers
 from tests.procs import gone
 from tests.servers.conftest import StubBackend, make_config, make_manager
 

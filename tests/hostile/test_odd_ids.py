@@ -94,8 +94,10 @@ def test_the_tool_server_row_key_is_no_model_id() -> None:
 
     from owllm.paths import MODEL_ID_PATTERN
 
-    assert re.fullmatch(MODEL_ID_PATTERN.strip("^$"), manage.NAME) is None
-    assert re.fullmatch(MODEL_ID_PATTERN.strip("^$"), "tool-server")  # the old key was one
+    # Rows are keyed by (kind, name) (schema v8): the tool server's kind is no model's, so
+    # its name may be one ("tool-server" is a valid model id) without the rows colliding.
+    assert manage.KIND != "model"
+    assert re.fullmatch(MODEL_ID_PATTERN.strip("^$"), manage.NAME)
 
 
 def test_a_model_named_tool_server_and_the_tool_server_keep_their_own_rows(
@@ -157,4 +159,4 @@ def test_an_old_homes_tool_server_row_is_migrated(tmp_path: Path) -> None:
     conn.close()
     kept = StateStore(other).get_server("tool-server")
     assert kept is not None and kept["kind"] == "model"
-    assert StateStore(other).get_server(manage.NAME) is None
+    assert StateStore(other).get_server(manage.NAME, kind=manage.KIND) is None

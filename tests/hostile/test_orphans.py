@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-import owllm.servers.manager
-import owllm.state_store
+import owllm._state_db
+import owllm.servers.executor
 from owllm.errors import StateStoreError
 from owllm.paths import Home
 from owllm.state_store import StateStore
@@ -90,7 +90,8 @@ def test_ctrl_c_during_tools_serve_kills_the_tool_server(tmp_path: Path, tmp_hom
         cli.communicate(timeout=60)
         assert cli.returncode == (130 if sig == signal.SIGINT else 143)
         assert wait_gone(pid), "the interrupted start left the tool server running"
-        final = StateStore(tmp_home / ".owllm" / "state.db").get_server(row["model_id"])
+        final = StateStore(tmp_home / ".owllm" / "state.db").get_server(row["model_id"],
+                                                                        kind=row["kind"])
         assert final is not None and final["status"] == "FAILED"
         assert "interrupted" in final["last_error"]
     finally:
@@ -144,8 +145,8 @@ def test_model_server_whose_pid_cannot_be_recorded_is_stopped(
     """Another process holds the store's write lock past the busy timeout right after the
     launch: the pid row fails with a real SQLite error (here after 0.3 s, not 60)."""
     manager = make_manager(make_config(tmp_path))
-    monkeypatch.setattr(owllm.state_store, "BUSY_TIMEOUT_MS", 300)
-    real_launch = owllm.servers.manager.launch
+    monkeypatch.setattr(owllm._state_db, "BUSY_TIMEOUT_MS", 300)
+    real_launch = owllm.servers.executor.launch
     holder: list[sqlite3.Connection] = []
     launched: list[subprocess.Popen[bytes]] = []
 
@@ -157,7 +158,7 @@ def test_model_server_whose_pid_cannot_be_recorded_is_stopped(
         holder.append(other)
         return proc
 
-    monkeypatch.setattr("owllm.servers.manager.launch", launch_then_lock)
+    monkeypatch.setattr("owllm.servers.executor.launch", launch_then_lock)
     try:
         with pytest.raises(StateStoreError) as info:
             manager.start_server("ok2")
@@ -176,13 +177,14 @@ def test_model_server_whose_pid_cannot_be_recorded_is_stopped(
 
 FROZEN_MODEL = """
 import json, os, subprocess
+import owllm.servers.executor as x
 import owllm.servers.manager as m
 from owllm.errors import StateStoreError
 from tests.procs import gone
 from tests.servers.conftest import StubBackend, make_manager
 m.get_backend = lambda name: StubBackend()
 manager = make_manager({config!r})
-real_launch, out = m.launch, {{}}
+real_launch, out = x.launch, {{}}
 
 def launch_then_freeze(*args, **kwargs):
     proc = real_launch(*args, **kwargs)
@@ -192,7 +194,7 @@ def launch_then_freeze(*args, **kwargs):
     subprocess.run(["mount", "-o", "remount,bind,ro", db], check=True)
     return proc
 
-m.launch = launch_then_freeze
+x.launch = launch_then_freeze
 try:
     manager.start_server("ok2")
     out["error"] = None
@@ -206,12 +208,13 @@ print(json.dumps(out))
 
 FROZEN_TOOLS = """
 import json, os, subprocess
-import owllm.tools.manage as t
+import owllm.servers.executor as x
+import owllm.servers.tool_server as t
 from owllm.errors import StateStoreError
 from owllm.paths import Home
 from tests.procs import gone
 home = Home({home!r})
-real_launch, out = t.launch, {{}}
+real_launch, out = x.launch, {{}}
 
 def launch_then_freeze(*args, **kwargs):
     proc = real_launch(*args, **kwargs)
@@ -221,7 +224,7 @@ def launch_then_freeze(*args, **kwargs):
     subprocess.run(["mount", "-o", "remount,bind,ro", db], check=True)
     return proc
 
-t.launch = launch_then_freeze
+x.launch = launch_then_freeze
 try:
     t.start_tool_server(home, port=0)
     out["error"] = None

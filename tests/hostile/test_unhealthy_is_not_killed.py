@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-import owllm.servers.manager
+import owllm.servers.supervisor
 from owllm.errors import ServerError
 from owllm.servers.manager import LLMServerManager
 from tests.procs import gone
@@ -58,8 +58,8 @@ def test_second_start_reuses_a_server_whose_health_is_slow(config: Path) -> None
 
 def test_a_server_busy_past_the_bound_is_left_running_with_a_clear_error(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(owllm.servers.manager, "BUSY_WAIT_S", 1.0)
-    monkeypatch.setattr(owllm.servers.manager, "BUSY_PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(owllm.servers.supervisor, "BUSY_WAIT_S", 1.0)
+    monkeypatch.setattr(owllm.servers.supervisor, "BUSY_PROBE_TIMEOUT_S", 0.5)
     first = make_manager(config)
     row = first.start_server("busy")
     try:
@@ -74,7 +74,7 @@ def test_a_server_busy_past_the_bound_is_left_running_with_a_clear_error(
 
 def test_a_live_server_that_answers_nothing_is_replaced_after_a_grace_period(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(owllm.servers.manager, "SILENT_GRACE_S", 1.0)
+    monkeypatch.setattr(owllm.servers.supervisor, "SILENT_GRACE_S", 1.0)
     first = make_manager(config)
     row = first.start_server("deaf")  # after its first /health it stops listening
     try:

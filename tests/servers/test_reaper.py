@@ -29,7 +29,7 @@ import psutil
 import pytest
 
 from owllm.servers.manager import LLMServerManager
-from owllm.servers.reaper import owned_servers
+from owllm.servers.owners import owned_servers
 from owllm.state_store import StateStore
 from tests.procs import gone
 from tests.servers.conftest import StubBackend, make_manager
@@ -107,7 +107,7 @@ sys.exit(main(sys.argv[1:]))
 API = """
 import sys, time
 import owllm.servers.manager as manager
-from owllm.servers.reaper import owned_servers
+from owllm.servers.owners import owned_servers
 from tests.servers.conftest import StubBackend, ThisPython
 
 manager.get_backend = lambda name: StubBackend()
@@ -528,7 +528,7 @@ def test_a_clock_step_does_not_read_as_the_run_dying(monkeypatch: pytest.MonkeyP
     long run must not look like that (it would stop the run's servers under it)."""
     from psutil import _pslinux
 
-    from owllm.servers.reaper import process_alive, whoami
+    from owllm.servers.owners import process_alive, whoami
 
     me = whoami()
     base = _pslinux.boot_time()

@@ -13,7 +13,7 @@ import httpx
 import psutil
 
 from owllm.paths import Home
-from owllm.tools.manage import tool_server_status
+from owllm.servers.tool_server import tool_server_status
 from tests.procs import gone
 
 
@@ -73,3 +73,35 @@ def test_config_tools_are_served(tmp_path: Path, tmp_home: Path) -> None:
         assert reply.json()["result"] == "HI"
     finally:
         owllm(tmp_home, "tools", "stop")
+
+
+def test_a_run_owns_the_tool_server_it_launches_and_stops_it_at_its_end(
+        tmp_home: Path) -> None:
+    """Owned from before the launch (the owner row of kind ``tools``), stopped by the run's
+    end through the supervisor's stop path; a reused one is not the run's."""
+    from owllm.servers.owners import Owner
+    from owllm.servers.tool_server import KIND, NAME, start_tool_server, stop_tool_server
+    from owllm.state_store import StateStore
+
+    home = Home(tmp_home)
+    owner = Owner.new("api")
+    try:
+        row = start_tool_server(home, port=0, owner=owner)
+        assert row["reused"] is False and row["kind"] == KIND and row["model_id"] == NAME
+        store = StateStore(home.state_db)
+        claimed = store.get_server_owner(NAME, kind=KIND)
+        assert claimed is not None and claimed["run_id"] == owner.run_id
+        assert store.get_server_owner(NAME) is None  # a model's row of that name: none
+
+        other = Owner.new("api")
+        again = start_tool_server(home, port=0, owner=other)  # reused: stays the first run's
+        assert again["reused"] is True and again["pid"] == row["pid"]
+        assert (store.get_server_owner(NAME, kind=KIND) or {})["run_id"] == owner.run_id
+        other.close()
+
+        assert owner.end() == ["tools:tool-server"]
+        assert gone(row["pid"])
+        assert (tool_server_status(home) or {})["status"] == "STOPPED"
+    finally:
+        owner.close()
+        stop_tool_server(home)
