@@ -18,10 +18,10 @@ from owllm.tools.registry import specs_from_file
 from owllm.tools.specs import ToolSet
 
 
-def register(subparsers: Any, parents: argparse.ArgumentParser | None = None) -> None:
+def register(subparsers: Any, parents: argparse.ArgumentParser) -> None:
     """Add ``validate`` to the ``tools`` group's subparsers."""
     validate = subparsers.add_parser(
-        "validate", parents=[parents] if parents is not None else [],
+        "validate", parents=[parents],
         help="validate a tool call read from stdin; print a JSON verdict",
         description="Read a model's output on stdin and check it is exactly one strict tool "
                     "call (or a JSON array of calls). Prints {\"valid\": true, \"calls\": [...]} "
