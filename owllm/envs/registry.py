@@ -294,8 +294,6 @@ class EnvRegistry:
         except BaseException as exc:
             tail = exc.tail if isinstance(exc, InstallFailed) else ""
             message = exc.message if isinstance(exc, OwllmError) else repr(exc)
-            if isinstance(exc, InstallFailed):
-                message = f"{exc.message}"
             self.store.upsert_env(key, status=ENV_FAILED, last_error=message[-4000:])
             self._log(key, f"env {key} build failed", {"error": message[-4000:], "tail": tail})
             layout.remove_path(root)
