@@ -221,7 +221,7 @@ def test_xdist_run_starts_each_server_once_and_reports(project: pytest.Pytester,
                                                         shared_home: Path) -> None:
     before = {m: starts(shared_home, m) for m in ("tiny_a", "tiny_b")}
     junit = project.path / "junit.xml"
-    # the tools and fuzz suites have their own tests (test_smoke_cli, tests/tools)
+    # the tools and fuzz suites have their own tests (tests/cli/test_model.py, tests/tools)
     result = project.runpytest_subprocess("-m", "not gpu and not owllm_tools", "-n", "2",
                                           f"--junitxml={junit}", "--owllm")
     result.assert_outcomes(passed=7)
