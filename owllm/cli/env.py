@@ -34,8 +34,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     check_env_key(args.key, "owllm env test")
     ctx, registry = _registry(args)
     result = env_test(registry, args.key)
-    emit(ctx, result)
-    return 0 if result["status"] == "PASS" else 1
+    emit(ctx, result.to_dict())
+    return 0 if result.passed else 1
 
 
 def cmd_list(args: argparse.Namespace) -> int:
