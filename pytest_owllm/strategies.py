@@ -258,6 +258,8 @@ def invalid_tool_calls(code: str, tools: Iterable[Any] | None = None
                        ) -> st.SearchStrategy[InvalidCall]:
     """``(text, code)`` pairs (:class:`InvalidCall`, with ``.path``) that must be rejected
     with exactly ``code`` at ``.path``."""
+    # Over 60 lines on purpose: one short branch per envelope error code, each fault next to
+    # the path it must be reported at; split up, a code's fault and path would drift apart.
     if code not in CODES:
         raise ValueError(f"unknown code {code!r}; known: {sorted(CODES)}")
     functions = _functions(tools)
