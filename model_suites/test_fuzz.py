@@ -14,33 +14,9 @@ from owllm.backends import get_backend
 from owllm.config import Config
 from owllm.tools import parse_tool_call
 from owllm.tools.prompts import tool_call_response_schema
+from pytest_owllm.strategies import SCALAR_SCHEMAS, tool_specs
 
 pytestmark = [pytest.mark.owllm_tools, pytest.mark.slow]
-
-NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)
-SCALAR_SCHEMAS = [
-    {"type": "integer", "minimum": 0, "maximum": 999},
-    {"type": "boolean"},
-    {"type": "string", "maxLength": 8},
-    {"type": "string", "enum": ["red", "green", "blue"]},
-    {"type": "number", "minimum": -10, "maximum": 10},
-]
-SCALARS = st.sampled_from(SCALAR_SCHEMAS)
-
-
-@st.composite
-def tool_specs(draw: st.DrawFn, scalars: st.SearchStrategy[dict[str, Any]] = SCALARS
-               ) -> list[dict[str, Any]]:
-    names = draw(st.lists(NAMES, min_size=1, max_size=3, unique=True))
-    specs = []
-    for name in names:
-        props = draw(st.dictionaries(NAMES, scalars, max_size=3))
-        required = sorted(draw(st.sets(st.sampled_from(sorted(props)))) if props else set())
-        specs.append({"type": "function", "function": {"name": name, "parameters": {
-            "type": "object", "properties": props, "required": required,
-            "additionalProperties": False}}})
-    return specs
-
 
 def test_constrained_output_is_always_a_valid_call(owllm_model_id: str,
                                                    owllm_server: dict[str, Any],

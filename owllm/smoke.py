@@ -1,12 +1,16 @@
-"""The checks the guide names, as plain result dicts: ``env_test``, ``model_smoke`` (and
-``tools_smoke`` in :mod:`owllm.tools.smoke`).  The CLI prints them as JSON and the pytest
-plugin asserts on them, so both share one implementation.
+"""The checks the guide names: ``env_test``, ``model_smoke`` and ``tools_smoke``.  Each
+returns a result dataclass (:mod:`owllm.smoke_results`) whose ``to_dict()`` is the guide's
+JSON; the CLI prints that and the pytest suites assert on it, so both share one
+implementation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -14,36 +18,62 @@ import httpx
 from owllm import httpclient
 from owllm.backends import get_backend
 from owllm.envs import EnvRegistry
-from owllm.errors import EnvError, OwllmError, ServerDied
+from owllm.errors import EnvError, OwllmError
 from owllm.servers.manager import LLMServerManager, probe_health
 from owllm.servers.ports import LIVE_STATUSES
 from owllm.servers.reaper import owned_servers, start_owned_tool_server
+from owllm.smoke_results import (
+    PASS,
+    EnvTestResult,
+    ModelSmokeResult,
+    ToolsSmokeResult,
+    error_entry,
+)
 
-PASS, FAIL = "PASS", "FAIL"
 SMOKE_PROMPT = "Say hello in one short sentence."
 
 
-def env_test(registry: EnvRegistry, key: str) -> dict[str, Any]:
-    """Build the env if needed, run its health probe; the guide's ``env test`` JSON."""
+def env_test(registry: EnvRegistry, key: str) -> EnvTestResult:
+    """Build the env if needed, run its health probe; the guide's ``env test`` result."""
     spec = registry.spec(key)  # unknown key: UsageError listing the known keys
     try:
         registry.ensure_env(key, spec=spec)
     except EnvError as exc:
-        return {"env_key": key, "status": FAIL, "python_path": None, "torch_version": None,
-                "cuda_available": None, "errors": [{"module": "<build>", "error": exc.message}]}
+        return EnvTestResult(key, errors=[{"module": "<build>", "error": exc.message}])
     result = registry.probe(key, spec)
     if result["status"] != PASS:
         registry.mark_failed(key, "; ".join(f"{e['module']}: {e['error']}"
                                             for e in result["errors"]))
-    return {k: v for k, v in result.items() if k != "packages"}
+    return EnvTestResult.from_probe(result)
 
 
-def _error(stage: str, exc: BaseException) -> dict[str, Any]:
-    error: dict[str, Any] = {"stage": stage, "type": type(exc).__name__,
-                             "message": str(exc)[:4000]}
-    if isinstance(exc, ServerDied):  # which process died, of which signal, where the log is
-        error.update(exc.fields())
-    return error
+@dataclass(frozen=True)
+class Served:
+    """The server :func:`serving` holds: its row, and whether it was running already."""
+
+    row: dict[str, Any]
+    was_running: bool
+    startup_s: float  # 0.0 for a server that was running already
+
+
+@contextlib.contextmanager
+def serving(manager: LLMServerManager, model_id: str, keep: bool = False) -> Iterator[Served]:
+    """The model's server for the block: reused when healthy, else started; stopped when the
+    block ends unless ``keep`` or it was running before (someone else's: never stopped).
+
+    A failed start raises (:class:`~owllm.errors.ServerError`) before the block runs, with
+    nothing left to stop: the manager kills what it launched.
+    """
+    before = manager.reconcile(model_id)
+    was_running = bool(before and before["status"] in LIVE_STATUSES and before.get("healthy"))
+    started = time.perf_counter()
+    row = manager.start_server(model_id)
+    try:
+        yield Served(row, was_running,
+                     0.0 if was_running else round(time.perf_counter() - started, 3))
+    finally:
+        if not keep and not was_running:
+            manager.stop_server(model_id)
 
 
 def kernel_report(row: dict[str, Any]) -> dict[str, Any]:
@@ -94,8 +124,9 @@ def generate_stream(url: str, model_id: str, model_type: str, max_tokens: int,
             "total_s": round(total, 4)}
 
 
-def model_smoke(manager: LLMServerManager, model_id: str, keep: bool = False) -> dict[str, Any]:
-    """Start (or reuse) the model's server, check health, generate; the guide's JSON.
+def model_smoke(manager: LLMServerManager, model_id: str,
+                keep: bool = False) -> ModelSmokeResult:
+    """Start (or reuse) the model's server, check health, generate; the guide's result.
 
     A server the smoke starts belongs to it (servers/reaper.py): stopped at the end, or by
     its watchdog if the smoke is killed; ``keep`` hands it over.  Inside a run that owns the
@@ -104,50 +135,52 @@ def model_smoke(manager: LLMServerManager, model_id: str, keep: bool = False) ->
         return _model_smoke(manager, model_id, keep)
 
 
-def _model_smoke(manager: LLMServerManager, model_id: str, keep: bool) -> dict[str, Any]:
+def _model_smoke(manager: LLMServerManager, model_id: str, keep: bool) -> ModelSmokeResult:
     model = manager.config.model(model_id)  # unknown id: UsageError
-    result: dict[str, Any] = {
-        "model_id": model_id, "status": FAIL, "backend": model.backend,
-        "server_started": False, "health_ok": False, "generate_ok": False, "errors": [],
-        "env_key": None, "port": None, "startup_s": None, "first_token_s": None,
-        "tokens_per_s": None, "capabilities": get_backend(model.backend).capabilities.to_dict(),
-        "dtype": None, "dtype_reason": None, "kernels": {},
-    }
-    before = manager.reconcile(model_id)
-    was_running = bool(before and before["status"] in LIVE_STATUSES and before.get("healthy"))
-    started = time.perf_counter()
+    result = ModelSmokeResult(model_id, backend=model.backend,
+                              capabilities=get_backend(model.backend).capabilities.to_dict())
+    served: Served | None = None
     try:
-        row = manager.start_server(model_id)
+        with serving(manager, model_id, keep) as served:
+            row = served.row
+            kernels = kernel_report(row)
+            result.server_started = True
+            result.env_key, result.port = row.get("env_key"), row["port"]
+            result.startup_s, result.reused_running_server = served.startup_s, served.was_running
+            result.dtype, result.dtype_reason = kernels["dtype"], kernels["dtype_reason"]
+            result.kernels = kernels["kernels"]
+            _health_and_generate(result, row, model.model_type, model.generation.max_tokens)
     except OwllmError as exc:
-        result["errors"].append(_error("start", exc))
+        if served is not None:
+            raise  # stopping failed: not a smoke result, the manager's own error
+        result.errors.append(error_entry("start", exc))
         return result
-    result.update(server_started=True, env_key=row.get("env_key"), port=row["port"],
-                  startup_s=0.0 if was_running else round(time.perf_counter() - started, 3),
-                  reused_running_server=was_running, **kernel_report(row))
-    try:
-        result["health_ok"] = probe_health(row["url"])
-        if not result["health_ok"]:
-            result["errors"].append({"stage": "health", "type": "HealthCheckFailed",
-                                     "message": f"{row['url']}/health did not answer 200"})
-        gen = generate_stream(row["url"], model_id, model.model_type,
-                              model.generation.max_tokens, headers=httpclient.row_headers(row))
-        result["generate_ok"] = gen["completion_tokens"] > 0
-        if not result["generate_ok"]:
-            result["errors"].append({"stage": "generate", "type": "EmptyGeneration",
-                                     "message": "the server generated no tokens"})
-        result["first_token_s"] = gen["first_token_s"]
-        result["tokens_per_s"] = round(gen["completion_tokens"] / max(gen["total_s"], 1e-9), 2)
-        result["sample"] = gen["text"][:200]
-    except (OwllmError, httpx.HTTPError, ValueError) as exc:
-        result["errors"].append(_error("generate", exc))
-    finally:
-        if not keep and not was_running:
-            manager.stop_server(model_id)
-    if result["errors"]:
-        result["log_tail"] = manager.logs(model_id, 20)
+    if result.errors:
+        result.log_tail = manager.logs(model_id, 20)
     else:
-        result["status"] = PASS
+        result.status = PASS
     return result
+
+
+def _health_and_generate(result: ModelSmokeResult, row: dict[str, Any], model_type: str,
+                         max_tokens: int) -> None:
+    """The smoke's checks against a running server, each failure an ``errors`` item."""
+    try:
+        result.health_ok = probe_health(row["url"])
+        if not result.health_ok:
+            result.errors.append({"stage": "health", "type": "HealthCheckFailed",
+                                  "message": f"{row['url']}/health did not answer 200"})
+        gen = generate_stream(row["url"], result.model_id, model_type, max_tokens,
+                              headers=httpclient.row_headers(row))
+        result.generate_ok = gen["completion_tokens"] > 0
+        if not result.generate_ok:
+            result.errors.append({"stage": "generate", "type": "EmptyGeneration",
+                                  "message": "the server generated no tokens"})
+        result.first_token_s = gen["first_token_s"]
+        result.tokens_per_s = round(gen["completion_tokens"] / max(gen["total_s"], 1e-9), 2)
+        result.sample = gen["text"][:200]
+    except (OwllmError, httpx.HTTPError, ValueError) as exc:
+        result.errors.append(error_entry("generate", exc))
 
 
 # -- tools smoke --------------------------------------------------------------------------
@@ -197,7 +230,7 @@ def _chat(row: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
 
 
 def tools_smoke(manager: LLMServerManager, model_id: str, keep: bool = False,
-                tool_server_url: str | None = None) -> dict[str, Any]:
+                tool_server_url: str | None = None) -> ToolsSmokeResult:
     """The whole tool round trip: prompt → the model emits a call → strict validation →
     execution on the tool server → the result back as a tool message → a final answer.
     Owns the servers it starts (model and tool server) as :func:`model_smoke` does."""
@@ -206,84 +239,85 @@ def tools_smoke(manager: LLMServerManager, model_id: str, keep: bool = False,
 
 
 def _tools_smoke(manager: LLMServerManager, model_id: str, keep: bool,
-                 tool_server_url: str | None) -> dict[str, Any]:
+                 tool_server_url: str | None) -> ToolsSmokeResult:
     from owllm.servers.tool_server import stop_tool_server
+
+    model = manager.config.model(model_id)
+    capabilities = get_backend(model.backend).capabilities
+    result = ToolsSmokeResult(model_id, constrained=capabilities.structured_output,
+                              capabilities=capabilities.to_dict())
+    served: Served | None = None
+    try:
+        with serving(manager, model_id, keep) as served:
+            result.server_started = True
+            started_tool_server = False
+            try:
+                if tool_server_url is None:
+                    tool_row = start_owned_tool_server(manager.owner, manager.home,
+                                                       config=manager.config, port=0)
+                    started_tool_server = not tool_row.get("reused", False)
+                    tool_server_url = tool_row["url"]
+                _round_trip(result, manager, served.row, model.backend, tool_server_url)
+            except (OwllmError, httpx.HTTPError, ValueError, KeyError) as exc:
+                result.errors.append(error_entry("round_trip", exc))
+            finally:
+                if started_tool_server and not keep:
+                    stop_tool_server(manager.home)
+    except OwllmError as exc:
+        if served is not None:
+            raise  # stopping failed: not a smoke result, the manager's own error
+        result.errors.append(error_entry("start", exc))
+        return result
+    ok = all((result.server_started, result.tool_server_ok, result.tool_call_detected,
+              result.tool_executed, result.final_answer_ok))
+    if ok and not result.errors:
+        result.status = PASS
+    return result
+
+
+def _round_trip(result: ToolsSmokeResult, manager: LLMServerManager, row: dict[str, Any],
+                backend: str, tool_server_url: str) -> None:
+    """Prompt → call → validation → execution → tool message → final answer, recorded on
+    ``result``; a call that does not parse is a ``parse`` error and ends the trip."""
     from owllm.tools import ToolCallError, parse_tool_call
     from owllm.tools.client import ToolServerClient
     from owllm.tools.prompts import render_tools, template_for, tool_call_response_schema
 
-    model = manager.config.model(model_id)
-    capabilities = get_backend(model.backend).capabilities
-    result: dict[str, Any] = {
-        "model_id": model_id, "status": FAIL, "server_started": False,
-        "tool_server_ok": False, "tool_call_detected": False, "tool_executed": False,
-        "final_answer_ok": False, "errors": [], "call": None, "result": None,
-        "constrained": capabilities.structured_output, "capabilities": capabilities.to_dict(),
-    }
-    before = manager.reconcile(model_id)
-    was_running = bool(before and before["status"] in LIVE_STATUSES and before.get("healthy"))
-    started_tool_server = False
+    tool_headers = httpclient.bearer(manager.config.tool_server.api_key_env,
+                                     what="the tool server")
+    client = ToolServerClient(tool_server_url, headers=tool_headers)
+    result.tool_server_ok = bool(client.health())
+    specs = _smoke_tool_specs(client.list_tools())
+    narrowed = [_narrowed(s) for s in specs]
+    prompt = template_for(backend).format(tools=render_tools(specs), prompt=SMOKE_TOOL_PROMPT)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
+    body: dict[str, Any] = {"model": result.model_id, "messages": messages, "max_tokens": 96,
+                            "temperature": 0}
+    if result.constrained:
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": "tool_call", "schema": tool_call_response_schema(narrowed),
+            "strict": True}}
+    text = _call_from_message(_chat(row, body)["choices"][0]["message"])
+    result.model_output = text[:1000]
     try:
-        try:
-            row = manager.start_server(model_id)
-            result["server_started"] = True
-        except OwllmError as exc:
-            result["errors"].append(_error("start", exc))
-            return result
-        tool_headers = httpclient.bearer(manager.config.tool_server.api_key_env,
-                                         what="the tool server")
-        if tool_server_url is None:
-            tool_row = start_owned_tool_server(manager.owner, manager.home,
-                                               config=manager.config, port=0)
-            started_tool_server = not tool_row.get("reused", False)
-            tool_server_url = tool_row["url"]
-        client = ToolServerClient(tool_server_url, headers=tool_headers)
-        result["tool_server_ok"] = bool(client.health())
-        specs = _smoke_tool_specs(client.list_tools())
-        narrowed = [_narrowed(s) for s in specs]
-        prompt = template_for(model.backend).format(tools=render_tools(specs),
-                                                     prompt=SMOKE_TOOL_PROMPT)
-        messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
-        body: dict[str, Any] = {"model": model_id, "messages": messages, "max_tokens": 96,
-                                "temperature": 0}
-        if capabilities.structured_output:
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "tool_call", "schema": tool_call_response_schema(narrowed),
-                "strict": True}}
-        message = _chat(row, body)["choices"][0]["message"]
-        text = _call_from_message(message)
-        result["model_output"] = text[:1000]
-        try:
-            call = parse_tool_call(text, tools=specs)
-        except ToolCallError as exc:
-            result["errors"].append({"stage": "parse", "type": exc.code, "path": exc.path,
-                                     "message": str(exc)})
-            return result
-        first = call[0] if isinstance(call, list) else call
-        result["tool_call_detected"] = True
-        result["call"] = {"tool": first.tool, "args": first.args, "id": first.id}
-        executed = client.call(result["call"])
-        result["result"] = executed.get("result")
-        result["tool_executed"] = "result" in executed
-        messages += [
-            {"role": "assistant", "content": None, "tool_calls": [{
-                "id": first.id, "type": "function",
-                "function": {"name": first.tool, "arguments": json.dumps(first.args)}}]},
-            {"role": "tool", "tool_call_id": first.id, "content": json.dumps(executed)},
-        ]
-        answer = _chat(row, {"model": model_id, "messages": messages,
-                                    "max_tokens": 16, "temperature": 0})["choices"][0]["message"]
-        result["final_answer"] = (answer.get("content") or "")[:200]
-        result["final_answer_ok"] = True
-    except (OwllmError, httpx.HTTPError, ValueError, KeyError) as exc:
-        result["errors"].append(_error("round_trip", exc))
-    finally:
-        if started_tool_server and not keep:
-            stop_tool_server(manager.home)
-        if not keep and not was_running:
-            manager.stop_server(model_id)
-    ok = all(result[k] for k in ("server_started", "tool_server_ok", "tool_call_detected",
-                                 "tool_executed", "final_answer_ok"))
-    if ok and not result["errors"]:
-        result["status"] = PASS
-    return result
+        call = parse_tool_call(text, tools=specs)
+    except ToolCallError as exc:
+        result.errors.append({"stage": "parse", "type": exc.code, "path": exc.path,
+                              "message": str(exc)})
+        return
+    first = call[0] if isinstance(call, list) else call
+    result.tool_call_detected = True
+    result.call = {"tool": first.tool, "args": first.args, "id": first.id}
+    executed = client.call(result.call)
+    result.result = executed.get("result")
+    result.tool_executed = "result" in executed
+    messages += [
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": first.id, "type": "function",
+            "function": {"name": first.tool, "arguments": json.dumps(first.args)}}]},
+        {"role": "tool", "tool_call_id": first.id, "content": json.dumps(executed)},
+    ]
+    answer = _chat(row, {"model": result.model_id, "messages": messages,
+                         "max_tokens": 16, "temperature": 0})["choices"][0]["message"]
+    result.final_answer = (answer.get("content") or "")[:200]
+    result.final_answer_ok = True

@@ -258,6 +258,8 @@ def invalid_tool_calls(code: str, tools: Iterable[Any] | None = None
                        ) -> st.SearchStrategy[InvalidCall]:
     """``(text, code)`` pairs (:class:`InvalidCall`, with ``.path``) that must be rejected
     with exactly ``code`` at ``.path``."""
+    # Over 60 lines on purpose: one short branch per envelope error code, each fault next to
+    # the path it must be reported at; split up, a code's fault and path would drift apart.
     if code not in CODES:
         raise ValueError(f"unknown code {code!r}; known: {sorted(CODES)}")
     functions = _functions(tools)
@@ -348,3 +350,33 @@ def arbitrary_text() -> st.SearchStrategy[str]:
         st.integers(1, 5000).map(lambda n: "[" * n),
         st.integers(1, 3000).map(lambda n: '{"a":' * n + "1" + "}" * n),
     )
+
+
+# Scalar argument schemas every constrained decoder is expected to handle (a backend's
+# capabilities say which it enforces: filter with ``capabilities.enforces``).
+SCALAR_SCHEMAS: tuple[dict[str, Any], ...] = (
+    {"type": "integer", "minimum": 0, "maximum": 999},
+    {"type": "boolean"},
+    {"type": "string", "maxLength": 8},
+    {"type": "string", "enum": ["red", "green", "blue"]},
+    {"type": "number", "minimum": -10, "maximum": 10},
+)
+_SPEC_NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)
+
+
+@st.composite
+def tool_specs(draw: st.DrawFn, scalars: st.SearchStrategy[dict[str, Any]] | None = None
+               ) -> list[dict[str, Any]]:
+    """One to three OpenAI-style tool specs whose args are objects of ``scalars`` (default:
+    :data:`SCALAR_SCHEMAS`; strict: ``additionalProperties: false``, a random subset
+    required): schemas to fuzz a model's constrained output against."""
+    scalars = scalars if scalars is not None else st.sampled_from(SCALAR_SCHEMAS)
+    names = draw(st.lists(_SPEC_NAMES, min_size=1, max_size=3, unique=True))
+    specs = []
+    for name in names:
+        props = draw(st.dictionaries(_SPEC_NAMES, scalars, max_size=3))
+        required = sorted(draw(st.sets(st.sampled_from(sorted(props)))) if props else set())
+        specs.append({"type": "function", "function": {"name": name, "parameters": {
+            "type": "object", "properties": props, "required": required,
+            "additionalProperties": False}}})
+    return specs

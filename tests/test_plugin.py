@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from owllm.state_store import StateStore
-from pytest_owllm.plugin import builtin_suites_dir
+from pytest_owllm.collection import builtin_suites_dir
 from tests.procs import gone
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,7 +221,7 @@ def test_xdist_run_starts_each_server_once_and_reports(project: pytest.Pytester,
                                                         shared_home: Path) -> None:
     before = {m: starts(shared_home, m) for m in ("tiny_a", "tiny_b")}
     junit = project.path / "junit.xml"
-    # the tools and fuzz suites have their own tests (test_smoke_cli, tests/tools)
+    # the tools and fuzz suites have their own tests (tests/cli/test_model.py, tests/tools)
     result = project.runpytest_subprocess("-m", "not gpu and not owllm_tools", "-n", "2",
                                           f"--junitxml={junit}", "--owllm")
     result.assert_outcomes(passed=7)
@@ -306,3 +306,37 @@ def test_a_failed_run_stops_what_it_started_and_keep_servers_hands_it_over(
         LLMServerManager(pytester.path / "configs" / "llm_backends.yaml",
                          home=str(home)).stop_all()
     assert gone(kept["pid"], kept["pid_create_time"])
+
+
+FACTORY_CONFTEST = STUB_CONFTEST + """
+import pytest_owllm.factories as factories
+
+factories.EnvRegistry = lambda *args, **kwargs: ThisPython()
+other_tree = factories.owllm_server_proc("tree", config="other/llm_backends.yaml",
+                                         home=OTHER_HOME)
+"""
+FACTORY_TEST = """
+def test_a_factory_fixture_is_another_home_s_server(other_tree, owllm_server_factory):
+    assert other_tree["status"] == "RUNNING"
+    assert owllm_server_factory("tree")["pid"] != other_tree["pid"]
+"""
+
+
+def test_factory_fixtures_start_servers_of_another_config_and_home(
+        pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home, other_home = tmp_path / "stub-home", tmp_path / "other-home"
+    monkeypatch.setenv("OWLLM_HOME", str(home))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:cacheprovider")
+    for folder in ("configs", "other"):
+        (pytester.path / folder).mkdir()
+        (pytester.path / folder / "llm_backends.yaml").write_text(
+            'models:\n  tree: {base_model: stub, server_args: ["--children"]}\n')
+    pytester.makeconftest(FACTORY_CONFTEST.replace("OTHER_HOME", repr(str(other_home))))
+    pytester.makepyfile(test_factory=FACTORY_TEST)
+
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+    for folder in (home, other_home):  # both servers ran, and the run stopped both
+        row = StateStore(folder / ".owllm" / "state.db").get_server("tree")
+        assert row is not None and row["status"] == "STOPPED", folder
+        assert gone(row["pid"], row["pid_create_time"])

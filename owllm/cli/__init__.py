@@ -1,14 +1,13 @@
 """``owllm`` command line: parse arguments, call the library, print JSON or a table.
 
 Exit codes: 0 pass, 1 a check ran and failed, 2 usage or configuration error.
-Each command group lives in its own module with a ``register(subparsers)`` function; every
-leaf command sets ``func(args) -> int``.
+Each command group lives in its own module with a ``register(subparsers, common)`` function,
+listed once in :data:`REGISTRATIONS`; every leaf command sets ``func(args) -> int``.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import signal
 import sys
@@ -20,22 +19,24 @@ from typing import Any
 from owllm import __version__
 from owllm.errors import OwllmError
 
-# (group name, module, help) — a group module registers its subcommands on the group parser.
-GROUPS: tuple[tuple[str, str, str], ...] = (
-    ("env", "owllm.cli.env", "shared Python environments (test, list, create, remove, gc, …)"),
-    ("model", "owllm.cli.model", "model checks (smoke)"),
-    ("server", "owllm.cli.server", "model servers (start, stop, status, logs)"),
-    ("tools", "owllm.cli.tools", "tool calling (validate, serve, stop, status, smoke)"),
-)
-# Single commands without a group.
-# Extra modules that add subcommands to a group: (group, module).
-GROUP_EXTRAS: tuple[tuple[str, str], ...] = (
+# The one registration list: (group, module).  A module's ``register(subparsers, common)``
+# adds its commands to the group's subparsers, or to the top level when the group is None;
+# several modules may fill one group (``tools``: validating apart from serving).
+REGISTRATIONS: tuple[tuple[str | None, str], ...] = (
+    ("env", "owllm.cli.env"),
+    ("model", "owllm.cli.model"),
+    ("server", "owllm.cli.server"),
+    ("tools", "owllm.cli.tools"),
     ("tools", "owllm.cli.tools_server"),
+    (None, "owllm.cli.state"),
+    (None, "owllm.cli.init"),
 )
-COMMANDS: tuple[tuple[str, str], ...] = (
-    ("owllm.cli.state", "register"),
-    ("owllm.cli.init", "register"),
-)
+GROUP_HELP = {
+    "env": "shared Python environments (test, list, create, remove, gc, …)",
+    "model": "model checks (smoke)",
+    "server": "model servers (start, stop, status, logs)",
+    "tools": "tool calling (validate, serve, stop, status, smoke)",
+}
 
 
 def _global_options() -> argparse.ArgumentParser:
@@ -59,38 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"owllm {__version__}")
     sub = parser.add_subparsers(dest="group", metavar="COMMAND")
     sub.required = True
-    for name, module_name, help_text in GROUPS:
-        group = sub.add_parser(name, help=help_text, parents=[common])
-        group_sub = group.add_subparsers(dest="command", metavar="SUBCOMMAND")
-        group_sub.required = True
-        try:
-            module = import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # a group not built yet in this checkout
-        _register(module.register, group_sub, common)
-        for extra_group, extra_module in GROUP_EXTRAS:
-            if extra_group == name:
-                _register(import_module(extra_module).register, group_sub, common)
-    for module_name, attr in COMMANDS:
-        try:
-            module = import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        _register(getattr(module, attr), sub, common)
+    groups: dict[str, Any] = {}
+    for group, module_name in REGISTRATIONS:
+        target = sub
+        if group is not None:
+            if group not in groups:
+                group_parser = sub.add_parser(group, help=GROUP_HELP[group], parents=[common])
+                groups[group] = group_parser.add_subparsers(dest="command",
+                                                            metavar="SUBCOMMAND")
+                groups[group].required = True
+            target = groups[group]
+        # ``common`` holds the global options, so they are accepted after the subcommand
+        # too (``owllm env test KEY --json``).
+        import_module(module_name).register(target, common)
     return parser
-
-
-def _register(register: Any, subparsers: Any, common: argparse.ArgumentParser) -> None:
-    """Call a group's ``register(subparsers[, common])``; ``common`` holds the global options
-    so they are accepted after the subcommand too (``owllm env test KEY --json``)."""
-    if len(inspect.signature(register).parameters) >= 2:
-        register(subparsers, common)
-    else:
-        register(subparsers)
 
 
 class Terminated(KeyboardInterrupt):

@@ -16,6 +16,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from owllm.config import Config, load_config
 from owllm.errors import ConfigError, UsageError
 from owllm.paths import Home, resolve_config_path, resolve_home
@@ -100,13 +103,7 @@ def emit(ctx: Context, data: Any, columns: Sequence[str] | None = None) -> None:
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # rich is optional
-        for row in rows:
-            print("  ".join(f"{c}={row.get(c)}" for c in columns))
-        return
+    """A rich table on stdout (only for a terminal: :func:`emit` prints JSON otherwise)."""
     table = Table(*columns)
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))

@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from owllm.cli._common import Context, emit, info
-from owllm.envs import layout
-from owllm.envs.legacy import list_legacy, migrate
+from owllm.envs.inventory import collect_garbage, list_envs
+from owllm.envs.legacy import migrate
 from owllm.envs.registry import EnvRegistry
 from owllm.envs.spec import find_envs_config, load_envs_config
 from owllm.paths import check_env_key, check_model_id
@@ -30,33 +30,18 @@ def _registry(args: argparse.Namespace, *, configs: bool = True) -> tuple[Contex
     return ctx, registry
 
 
-def _public(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k != "packages"}
-
-
 def cmd_test(args: argparse.Namespace) -> int:
     check_env_key(args.key, "owllm env test")
     ctx, registry = _registry(args)
     result = env_test(registry, args.key)
-    emit(ctx, result)
-    return 0 if result["status"] == "PASS" else 1
+    emit(ctx, result.to_dict())
+    return 0 if result.passed else 1
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     ctx, registry = _registry(args, configs=False)
-    rows: list[dict[str, Any]] = []
-    for row in registry.store.list_envs():
-        rows.append({"env_key": row["env_key"], "status": row["status"],
-                     "torch_version": row.get("torch_version"), "path": row.get("path"),
-                     "python_path": row.get("python_path"), "last_error": row.get("last_error"),
-                     "updated_at": row.get("updated_at")})
-    known = {r["env_key"] for r in rows}
-    for key in layout.published_keys(registry.home):
-        if key not in known:
-            rows.append({"env_key": key, "status": "UNTRACKED",
-                         "path": str(layout.link_path(registry.home, key))})
-    rows += list_legacy(registry)
-    emit(ctx, rows, columns=["env_key", "model_id", "status", "torch_version", "path"])
+    emit(ctx, list_envs(registry),
+         columns=["env_key", "model_id", "status", "torch_version", "path"])
     return 0
 
 
@@ -80,30 +65,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    """Stale builds, then every published env no configured model uses.  Each item is one
-    path that is (or, with --dry-run, would be) deleted: a link is unlinked, never followed;
-    a directory is a real one under the home."""
     ctx, registry = _registry(args)
-    stale = [layout.Removal(p, layout.kind_of(p), "stale build (builder gone)")
-             for p in layout.stale_builds(registry.home)]
-    unused: list[str] = []
-    if registry.config is not None:
-        used = set(registry.resolutions())
-        unused = [key for key in layout.published_keys(registry.home) if key not in used]
-    else:
+    collected = collect_garbage(registry, dry_run=args.dry_run)
+    if not collected.used_known:
         info("owllm: no model config found: only stale builds are collected")
-    items = [item.to_dict() for item in stale]
-    for item in stale:
-        if not args.dry_run:
-            layout.remove_path(item.path)
-    listed = {str(item.path) for item in stale}
-    for key in unused:
-        # The same plan either way: the dry run lists what the real run deletes.
-        removed = registry.remove(key, dry_run=args.dry_run)
-        items += [{"env_key": key, **item.to_dict(),
-                   "reason": f"no configured model uses it: {item.reason}"}
-                  for item in removed.items if str(item.path) not in listed]
-    emit(ctx, {"dry_run": args.dry_run, "removed" if not args.dry_run else "would_remove": items})
+    emit(ctx, collected.to_dict())
     return 0
 
 

@@ -42,13 +42,14 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     with owned_servers(manager, kind="smoke", keep=args.keep):
         if not args.all_models:
             result = model_smoke(manager, args.model_id, keep=args.keep)
-            emit(ctx, result)
-            return 0 if result["status"] == "PASS" else 1
+            emit(ctx, result.to_dict())
+            return 0 if result.passed else 1
         results = []
         for model_id in ctx.config.models:
             info(f"owllm: smoke {model_id} ...")
             results.append(model_smoke(manager, model_id, keep=args.keep))
-            info(f"owllm: smoke {model_id}: {results[-1]['status']}")
-    failed = [r["model_id"] for r in results if r["status"] != "PASS"]
-    emit(ctx, {"status": "FAIL" if failed else "PASS", "failed": failed, "results": results})
+            info(f"owllm: smoke {model_id}: {results[-1].status}")
+    failed = [r.model_id for r in results if not r.passed]
+    emit(ctx, {"status": "FAIL" if failed else "PASS", "failed": failed,
+               "results": [r.to_dict() for r in results]})
     return 1 if failed else 0

@@ -71,5 +71,5 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     ctx = Context.from_args(args)
     ctx.config.model(args.model_id)
     result = tools_smoke(manager_for(ctx), args.model_id, keep=args.keep)
-    emit(ctx, result)
-    return 0 if result["status"] == "PASS" else 1
+    emit(ctx, result.to_dict())
+    return 0 if result.passed else 1

@@ -40,10 +40,6 @@ def venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def venv_scripts(venv: Path) -> Path:
-    return venv / ("Scripts" if os.name == "nt" else "bin")
-
-
 @dataclass(frozen=True)
 class InstallPlan:
     """What to install into one env, with where from."""

@@ -16,6 +16,7 @@ READY row never points at a half-built env (see :mod:`owllm.envs.layout`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -49,6 +50,9 @@ from owllm.hardware import HardwareProfile, detect_hardware
 from owllm.paths import Home, check_env_key, resolve_config_path, resolve_home
 from owllm.state_store import ENV_BUILDING, ENV_FAILED, ENV_READY, StateStore, now_iso
 
+# The CUDA version a model that needs CUDA is resolved for on a host without one
+# (:meth:`EnvRegistry.resolve_nominal`): a typical CUDA host's.
+NOMINAL_CUDA = "12.4"
 ENV_CRASH_AT = "OWLLM_ENV_CRASH_AT"  # fault injection for tests: kill -9 at a named step
 LOCK_TIMEOUT_S = float(os.environ.get("OWLLM_ENV_LOCK_TIMEOUT", "7200"))
 
@@ -129,6 +133,16 @@ class EnvRegistry:
     def resolve(self, model: str | ModelConfig) -> Resolution:
         """The env_key (and why) for a model id, ModelConfig or model path."""
         return resolve_env_key(self._model(model), self.profile, self.envs_config)
+
+    def resolve_nominal(self, model: str | ModelConfig) -> Resolution:
+        """As :meth:`resolve`, except that a model that needs CUDA on a host without one is
+        resolved as on a typical CUDA host (:data:`NOMINAL_CUDA`): its env key, and so the
+        ids of its tests, are the ones a GPU run shows (where they skip, marked ``gpu``)."""
+        config = self._model(model)
+        profile = self.profile
+        if config.device == "cuda" and not profile.has_cuda:
+            profile = dataclasses.replace(profile, cuda_version=NOMINAL_CUDA)
+        return resolve_env_key(config, profile, self.envs_config)
 
     def resolutions(self) -> dict[str, Resolution]:
         """Every configured model's resolution, by key."""
@@ -294,8 +308,6 @@ class EnvRegistry:
         except BaseException as exc:
             tail = exc.tail if isinstance(exc, InstallFailed) else ""
             message = exc.message if isinstance(exc, OwllmError) else repr(exc)
-            if isinstance(exc, InstallFailed):
-                message = f"{exc.message}"
             self.store.upsert_env(key, status=ENV_FAILED, last_error=message[-4000:])
             self._log(key, f"env {key} build failed", {"error": message[-4000:], "tail": tail})
             layout.remove_path(root)

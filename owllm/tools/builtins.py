@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from owllm.tools.calculator import MAX_EXPRESSION_LENGTH, calculator
 from owllm.tools.errors import ToolError
-from owllm.tools.registry import Tool
+from owllm.tools.tool import Tool
 
 MAX_ECHO = 10_000
 

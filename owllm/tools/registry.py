@@ -44,14 +44,16 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from owllm.errors import ConfigError
+from owllm.tools.builtins import builtin_tools
 from owllm.tools.errors import ToolSpecError
 from owllm.tools.specs import ToolSet, compile_tools, normalize_spec
+from owllm.tools.tool import Tool, tool
 from owllm.yaml_lines import load_yaml
 
 if TYPE_CHECKING:
@@ -59,49 +61,6 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "owllm.tools"
 log = logging.getLogger("owllm.tools")
-
-
-@dataclass(frozen=True)
-class Tool:
-    """A callable tool with its args schema.  ``timeout`` (seconds) overrides the server's."""
-
-    name: str
-    func: Callable[..., Any] = field(repr=False)
-    parameters: Mapping[str, Any] = field(
-        default_factory=lambda: {"type": "object", "properties": {}})
-    description: str = ""
-    timeout: float | None = None
-
-    def __post_init__(self) -> None:
-        if not callable(self.func):
-            raise ToolSpecError(f"tool {self.name!r}: {self.func!r} is not callable")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ToolSpecError(f"tool {self.name!r}: timeout must be > 0")
-        compile_tools([self.spec()])  # validates the name and the schema (then cached)
-
-    def spec(self) -> dict[str, Any]:
-        """The OpenAI-style spec ``{"type": "function", "function": {...}}``."""
-        return normalize_spec({"name": self.name, "description": self.description,
-                               "parameters": self.parameters})
-
-    def __call__(self, **args: Any) -> Any:
-        return self.func(**args)
-
-
-def _describe(func: Callable[..., Any]) -> str:
-    doc = (getattr(func, "__doc__", None) or "").strip()
-    return doc.splitlines()[0] if doc else ""
-
-
-def tool(name: str | None = None, *, parameters: Mapping[str, Any] | None = None,
-         description: str | None = None,
-         timeout: float | None = None) -> Callable[[Callable[..., Any]], Tool]:
-    """Decorator: make a function a :class:`Tool` (name and description from the function)."""
-    def wrap(func: Callable[..., Any]) -> Tool:
-        return Tool(name or func.__name__, func,
-                    dict(parameters or {"type": "object", "properties": {}}),
-                    description if description is not None else _describe(func), timeout)
-    return wrap
 
 
 class ToolRegistry:
@@ -112,8 +71,6 @@ class ToolRegistry:
         self._lock = threading.Lock()
         self._toolset: ToolSet | None = None
         if builtins:
-            from owllm.tools.builtins import builtin_tools
-
             tools = [*builtin_tools(), *tools]
         for item in tools:
             self.register(item)
@@ -327,6 +284,32 @@ def load_tools_specs(path: str | Path) -> list[dict[str, Any]]:
     specs: list[dict[str, Any]] = _each_entry(file, _read_tools_file(file).get("tools"),
                                               entry_spec)
     return specs
+
+
+def specs_from_file(path: str | Path) -> ToolSet:
+    """The compiled specs of any file a user may hand over as "the tools", told apart by
+    shape: an OWLLM ``llm_backends.yaml`` (its ``tools:`` entries), a tools file with
+    ``callable:`` import paths (:func:`load_tools_specs`), or a list (or ``{tools: [...]}``)
+    of OpenAI-style or bare ``{name, parameters}`` specs.
+
+    Nothing is imported: ``callable:`` entries are code, run only when the tool server serves
+    them, so their specs are read from the file.  Raises :class:`ConfigError` when the file
+    is unreadable or not a list of specs, :class:`ToolSpecError` for a bad spec.
+    """
+    from owllm.config import load_config  # the config layer sits below; loaded on demand
+
+    file = Path(path)
+    data = load_yaml(file)  # the bounded loader every config goes through
+    entries = data.get("tools") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ConfigError(str(file), [f"{file}: expected a list of tool specs or "
+                                      "{tools: [...]}"])
+    if isinstance(data, dict) and "models" in data:  # an OWLLM config: its tools: entries
+        return compile_tools(specs_from_config(load_config(file)))
+    if any(isinstance(e, dict) and isinstance(e.get("function", e.get("callable")), str)
+           for e in entries):
+        return compile_tools(load_tools_specs(file))
+    return compile_tools(entries)
 
 
 def tools_from_config(config: Config) -> list[Tool]:

@@ -59,16 +59,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from owllm.config import Config, load_config
+from owllm.errors import OwllmError, UsageError
 from owllm.inenv.asgi_guard import (
     ALLOWED_HOSTS_VAR,
     API_KEY_VAR,
     bind_warning,
     parse_allowed_hosts,
 )
-from owllm.config import Config, load_config
-from owllm.errors import OwllmError, UsageError
-from owllm.tools._calls import DEFAULT_TIMEOUT, MAX_INFLIGHT, ToolRunner, execute
-from owllm.tools._http import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT, _Server
+from owllm.tools.calls import DEFAULT_TIMEOUT, MAX_INFLIGHT, ToolRunner, execute
+from owllm.tools.httpd import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT, ToolHTTPServer
 from owllm.tools.registry import ToolRegistry, tools_from_config
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_TIMEOUT", "MAX_BODY", "MAX_CONNECTIONS",
@@ -98,7 +98,7 @@ class ToolServer:
         warning = bind_warning(host, allowed)
         if warning:  # loud: printed whatever the logging setup
             print(f"owllm tool server: {warning}", file=sys.stderr, flush=True)
-        self.httpd = _Server((host, port), self.registry, ToolRunner(timeout, max_inflight),
+        self.httpd = ToolHTTPServer((host, port), self.registry, ToolRunner(timeout, max_inflight),
                              max_body, request_timeout=request_timeout,
                              max_connections=max_connections, api_key=api_key,
                              allowed_hosts=allowed)
@@ -165,9 +165,7 @@ def build_registry(tools_config: str | None, entry_points: bool = True,
     return registry
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m owllm.tools.server``: serve until SIGTERM/SIGINT; 0 on a clean stop,
-    2 on a bad config or an address that cannot be bound."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m owllm.tools.server",
                                      description="OWLLM tool server")
     parser.add_argument("--host", default=DEFAULT_HOST)
@@ -196,7 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.epilog = (f"Environment: {API_KEY_VAR} requires 'Authorization: Bearer <key>' on "
                      f"every route but /health; {ALLOWED_HOSTS_VAR} (comma-separated) adds "
                      "Host/Origin names besides loopback.")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m owllm.tools.server``: serve until SIGTERM/SIGINT; 0 on a clean stop,
+    2 on a bad config or an address that cannot be bound."""
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     stop = threading.Event()

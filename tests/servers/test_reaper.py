@@ -6,7 +6,7 @@ starts real servers through the real manager, the test kills it with SIGKILL as 
 does, and the servers' processes, their StateStore rows and the events are checked.  The
 servers are tests/servers' stub (a real HTTP server; ``--children`` gives it a child in its
 group and one in a session of its own, as vLLM's engine has): the subprocess swaps the
-backend and the env for the stub's, as tests/test_cli_state.py does.  The last test does the
+backend and the env for the stub's, as tests/cli/test_common.py does.  The last test does the
 same with the demo model on the transformers backend, as the issue's user did.
 """
 

@@ -1,7 +1,8 @@
-"""State commands need no YAML: ``state``, ``server status|stop|logs`` and ``env list`` work
-from the home alone (``$OWLLM_HOME`` or ``--home``), from a directory with no config up the
-tree, and a broken config does not fail them.  The server is the stub of tests/servers,
-started through the real manager by a separate process, as ``owllm server start`` would."""
+"""The CLI's context (:mod:`owllm.cli._common`): state commands need no YAML.  ``state``,
+``server status|stop|logs`` and ``env list`` work from the home alone (``$OWLLM_HOME`` or
+``--home``), from a directory with no config up the tree, and a broken config does not fail
+them.  The server is the stub of tests/servers, started through the real manager by a
+separate process, as ``owllm server start`` would."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from owllm.state_store import StateStore
 from tests.procs import gone
 from tests.servers.conftest import make_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Starts one stub server through LLMServerManager, prints its row, then stays as its parent
 # only to reap it once someone else stops it (what init does for a real `server start`).

@@ -8,12 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.procs import gone
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -47,23 +46,6 @@ def test_model_and_tools_smoke_of_the_demo_model(tmp_path: Path) -> None:
     status = json.loads(run("server", "status", "--home", home, "--json").stdout)
     assert [s["status"] for s in status] == ["STOPPED"]  # the smokes stopped their servers
     assert gone(status[0]["pid"])
-
-
-def test_server_start_logs_stop(tmp_path: Path) -> None:
-    home = str(tmp_path / "home")
-    started = run("server", "start", "demo", "--home", home, "--json")
-    assert started.returncode == 0, started.stderr
-    row = json.loads(started.stdout)
-    try:
-        assert row["status"] == "RUNNING" and psutil.pid_exists(row["pid"])
-        logs = run("server", "logs", "demo", "--home", home)
-        assert "owllm-server: ready" in logs.stdout
-        listed = json.loads(run("server", "status", "--home", home, "--json").stdout)
-        assert [(s["model_id"], s["status"], s["healthy"]) for s in listed] == [
-            ("demo", "RUNNING", True)]
-    finally:
-        stopped = json.loads(run("server", "stop", "demo", "--home", home, "--json").stdout)
-    assert stopped["status"] == "STOPPED" and gone(row["pid"])
 
 
 def test_smoke_all_reports_every_model_and_fails_if_one_does(tmp_path: Path) -> None:

@@ -1,11 +1,14 @@
-"""The tool server's HTTP layer (stdlib ``ThreadingHTTPServer``): loopback-only Host and
-Origin, JSON-only POST, an API key, bounded bodies, a deadline per request and a cap on open
-connections (see ``server.py`` for the contract)."""
+"""The tool server's HTTP layer (stdlib ``ThreadingHTTPServer``): routes, the checks every
+request passes (loopback Host, same-site Origin, API key, JSON bodies of bounded size), one
+deadline per whole request, and a bounded number of open connections.  The endpoints and
+the hostile-client rules are described in :mod:`owllm.tools.server`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -23,7 +26,7 @@ from owllm.inenv.asgi_guard import (
     is_json_type,
     origin_allowed,
 )
-from owllm.tools._calls import ToolRunner, error_body, execute, log
+from owllm.tools.calls import ToolRunner, error_reply, execute
 from owllm.tools.registry import ToolRegistry
 
 MAX_BODY = 1 << 20
@@ -32,10 +35,11 @@ REQUEST_TIMEOUT = 30.0  # seconds for a whole request (line, headers, body) to a
 DRAIN_LIMIT = 8 * MAX_BODY  # past this, a 413 closes without reading the rest
 DRAIN_SECONDS = 2.0  # at most this long discarding the body of a refused request
 OPEN_PATHS = frozenset({"/health"})  # answered without the API key
+log = logging.getLogger("owllm.tools.server")  # one logger for the whole server's output
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: ToolHTTPServer
     server_version = f"owllm-tools/{__version__}"
 
     def setup(self) -> None:
@@ -69,7 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
         status = 405 if code == 501 else code  # 501 "unsupported method": say 405 like routes
         text = message or self.responses.get(code, ("error",))[0]
         with contextlib.suppress(OSError):
-            self._send(*error_body(status, names.get(code, "bad_request"), text), close=True)
+            self._send(*error_reply(status, names.get(code, "bad_request"), text), close=True)
 
     def _send(self, status: int, body: dict[str, Any], close: bool = False) -> None:
         data = json.dumps(body).encode("utf-8")
@@ -90,17 +94,17 @@ class _Handler(BaseHTTPRequestHandler):
         server = self.server
         host = self.headers.get("Host")
         if not host_allowed(host, server.allowed_hosts):
-            return error_body(403, "forbidden_host", f"Host {(host or '(none)')[:100]!r} is not "
+            return error_reply(403, "forbidden_host", f"Host {(host or '(none)')[:100]!r} is not "
                           "allowed: this server answers only loopback names (127.0.0.1, "
                           f"localhost, [::1]) and those listed in {ALLOWED_HOSTS_VAR}")
         origin = self.headers.get("Origin")
         if not origin_allowed(origin, server.allowed_hosts):
-            return error_body(403, "cross_origin", f"cross-site request from Origin "
+            return error_reply(403, "cross_origin", f"cross-site request from Origin "
                           f"{origin[:100]!r} refused" if origin else "cross-site request")
         path = self.path.split("?", 1)[0]
         if server.api_key and path not in OPEN_PATHS and \
                 not bearer_ok(self.headers.get("Authorization"), server.api_key):
-            return error_body(401, "unauthorized", "missing or wrong API key: send "
+            return error_reply(401, "unauthorized", "missing or wrong API key: send "
                           "'Authorization: Bearer <key>'")
         return None
 
@@ -117,9 +121,9 @@ class _Handler(BaseHTTPRequestHandler):
         if refused is not None:
             self._reject(*refused)
         elif path not in routes:  # _reject: a body sent along must not poison the connection
-            self._reject(*error_body(404, "not_found", f"no route {path}", path))
+            self._reject(*error_reply(404, "not_found", f"no route {path}", path))
         elif routes[path] != method:
-            self._reject(*error_body(405, "method_not_allowed", f"{path} takes {routes[path]}",
+            self._reject(*error_reply(405, "method_not_allowed", f"{path} takes {routes[path]}",
                                  path))
         elif path == "/health":
             self._send(200, self.server.health())
@@ -138,13 +142,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _call(self) -> None:
         if not is_json_type(self.headers.get("Content-Type")):
             self.server.deadlines.disarm(self.connection)
-            self._reject(*error_body(415, "unsupported_media_type", "POST /call takes "
+            self._reject(*error_reply(415, "unsupported_media_type", "POST /call takes "
                                  "'Content-Type: application/json'"))
             return
         length_header = self.headers.get("Content-Length")
         if self.headers.get("Transfer-Encoding") or length_header is None:
             self.server.deadlines.disarm(self.connection)
-            self._send(*error_body(411, "length_required", "send a Content-Length body"),
+            self._send(*error_reply(411, "length_required", "send a Content-Length body"),
                        close=True)
             return
         try:
@@ -153,13 +157,13 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ValueError(length_header)
         except ValueError:
             self.server.deadlines.disarm(self.connection)
-            self._send(*error_body(400, "bad_request", "Content-Length is not a number"),
+            self._send(*error_reply(400, "bad_request", "Content-Length is not a number"),
                        close=True)
             return
         limit = self.server.max_body
         if length > limit:
             self.server.deadlines.disarm(self.connection)
-            self._reject(*error_body(413, "too_large", f"body of {length} bytes is over {limit}"))
+            self._reject(*error_reply(413, "too_large", f"body of {length} bytes is over {limit}"))
             return
         body = self.rfile.read(length)
         # Cut at its deadline (or the client left) while sending: never run a tool on half
@@ -228,7 +232,7 @@ class _Deadlines:
             return len(self._due)
 
 
-class _Server(ThreadingHTTPServer):
+class ToolHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # never wait for a request thread stuck on a hung tool
     request_queue_size = 64  # a burst of connections waits in the backlog, not refused
@@ -287,7 +291,7 @@ class _Server(ThreadingHTTPServer):
 
     def _refuse(self, request: socket.socket) -> None:
         """503 and close, from the accept loop: never blocks (MSG_DONTWAIT)."""
-        status, body = error_body(503, "too_many_connections",
+        status, body = error_reply(503, "too_many_connections",
                               f"{self.max_connections} connections already open; retry later")
         data = json.dumps(body).encode("utf-8")
         head = (f"HTTP/1.1 {status} Service Unavailable\r\nContent-Type: application/json\r\n"

@@ -23,7 +23,8 @@ GOOD = '{"tool": "calculator", "args": {"expression": "42*17"}, "id": "c1"}'
 def run(argv: list[str], stdin: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
     parser = argparse.ArgumentParser(prog="owllm tools")
-    cli_tools.register(parser.add_subparsers(dest="command", required=True))
+    cli_tools.register(parser.add_subparsers(dest="command", required=True),
+                      argparse.ArgumentParser(add_help=False))
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode())))
     try:
         args = parser.parse_args(argv)

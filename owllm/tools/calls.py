@@ -1,6 +1,7 @@
-"""Running one tool call for the tool server: validate the request body, run the tool with a
-deadline in a bounded number of slots, and map every outcome to an HTTP status and a JSON
-body.  No HTTP here (``_http.py`` serves it)."""
+"""Running one tool call for the tool server: validation, a deadline per call, a bounded
+number in flight, and the HTTP status and JSON body of every outcome.  No HTTP here: the
+server (:mod:`owllm.tools.httpd`) passes the request body in and sends what comes back.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from typing import Any
 
 from owllm.tools.errors import ARGS_CODES, ToolCallError, ToolError, ToolTimeout
 from owllm.tools.parser import ToolCall, parse_tool_call
-from owllm.tools.registry import Tool, ToolRegistry, dumps_result
+from owllm.tools.registry import ToolRegistry, dumps_result
+from owllm.tools.tool import Tool
 
 DEFAULT_TIMEOUT = 10.0
 MAX_INFLIGHT = 32
-log = logging.getLogger("owllm.tools.server")
+log = logging.getLogger("owllm.tools.server")  # one logger for the whole server's output
 
 
 class ToolRunner:
@@ -67,11 +69,12 @@ class ToolRunner:
 
 
 class Busy(Exception):
-    """Every call slot is taken."""
+    """Every call slot is taken (the caller answers 503)."""
 
 
-def error_body(status: int, code: str, message: str, path: str = "$",
-           call_id: str | None = None) -> tuple[int, dict[str, Any]]:
+def error_reply(status: int, code: str, message: str, path: str = "$",
+                call_id: str | None = None) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, the error body every refusal of the server has)."""
     body: dict[str, Any] = {"error": {"code": code, "message": message, "path": path}}
     if call_id is not None:
         body["id"] = call_id
@@ -86,20 +89,20 @@ def execute(registry: ToolRegistry, runner: ToolRunner, body: bytes) -> tuple[in
         status = 413 if exc.code == "too_large" else 422 if exc.code in ARGS_CODES else 400
         return status, {"error": exc.to_dict()}
     if isinstance(parsed, list):
-        return error_body(400, "not_an_object", "POST /call takes one call; send parallel calls "
+        return error_reply(400, "not_an_object", "POST /call takes one call; send parallel calls "
                       "as separate requests")
     call: ToolCall = parsed
     item = registry.get(call.tool)
     if item is None:  # unregistered between validation and now
-        return error_body(400, "unknown_tool", f"unknown tool {call.tool!r}", "$.tool", call.id)
+        return error_reply(400, "unknown_tool", f"unknown tool {call.tool!r}", "$.tool", call.id)
     try:
         value = runner.run(item, call.args)
     except ToolError as exc:
-        return error_body(422, exc.code, exc.message, "$.args", call.id)
+        return error_reply(422, exc.code, exc.message, "$.args", call.id)
     except ToolTimeout as exc:
-        return error_body(504, "timeout", exc.message, "$", call.id)
+        return error_reply(504, "timeout", exc.message, "$", call.id)
     except Busy:
-        return error_body(503, "busy", f"{runner.max_inflight} calls already in flight", "$",
+        return error_reply(503, "busy", f"{runner.max_inflight} calls already in flight", "$",
                       call.id)
     except BaseException as exc:
         return _crash(call, exc)
@@ -107,7 +110,7 @@ def execute(registry: ToolRegistry, runner: ToolRunner, body: bytes) -> tuple[in
         encoded = dumps_result(value)
     except (TypeError, ValueError, RecursionError) as exc:
         log.error("tool %s returned a result that is not JSON: %r", call.tool, exc)
-        return error_body(500, "bad_result", f"the result of tool {call.tool!r} is not JSON "
+        return error_reply(500, "bad_result", f"the result of tool {call.tool!r} is not JSON "
                       "(the server log has the details)", "$", call.id)
     return 200, {"id": call.id, "tool": call.tool, "result": json.loads(encoded)}
 
@@ -116,5 +119,5 @@ def _crash(call: ToolCall, exc: BaseException) -> tuple[int, dict[str, Any]]:
     log.error("tool %s crashed:\n%s", call.tool,
               "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     # The exception text stays in the log: it can hold paths, secrets, internals.
-    return error_body(500, "tool_crashed", f"tool {call.tool!r} crashed ({type(exc).__name__}); "
+    return error_reply(500, "tool_crashed", f"tool {call.tool!r} crashed ({type(exc).__name__}); "
                   "the server log has the details", "$", call.id)

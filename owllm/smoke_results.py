@@ -1,0 +1,131 @@
+"""The results of the guide's checks as dataclasses: :class:`EnvTestResult`,
+:class:`ModelSmokeResult`, :class:`ToolsSmokeResult`.
+
+``to_dict()`` is the JSON the guide documents and the CLI prints, key for key.  Fields marked
+``optional`` are left out of it while unset (None), as the JSON leaves them out: a smoke
+whose server never started has no ``reused_running_server``, a passing one no ``log_tail``.
+A result also reads like that dict (``result["status"]``, ``result.get("sample")``), so code
+written against the JSON keeps working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+PASS, FAIL = "PASS", "FAIL"
+
+
+# The metadata of a field absent from ``to_dict()`` while None.
+OPTIONAL = {"optional": True}
+
+
+def error_entry(stage: str, exc: BaseException) -> dict[str, Any]:
+    """One ``errors`` item: the stage, the error's type and message and, for an OWLLM error
+    with typed fields (:meth:`owllm.errors.ServerError.fields`: which process died, of which
+    signal, where the log is), those fields too."""
+    entry: dict[str, Any] = {"stage": stage, "type": type(exc).__name__,
+                             "message": str(exc)[:4000]}
+    fields = getattr(exc, "fields", None)
+    if callable(fields):
+        entry.update(fields())
+    return entry
+
+
+class _Result:
+    """What the three results share: ``to_dict()`` and reading like it."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The guide's JSON (optional fields only when set, ``extra`` merged in)."""
+        out: dict[str, Any] = {}
+        for item in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, item.name)
+            if item.name == "extra":
+                out.update(value)
+            elif value is not None or not item.metadata.get("optional"):
+                out[item.name] = value
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return bool(getattr(self, "status") == PASS)  # noqa: B009  (set by each subclass)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+
+@dataclass
+class EnvTestResult(_Result):
+    """``owllm env test KEY``: the env's health probe (or why it could not be built)."""
+
+    env_key: str
+    status: str = FAIL
+    python_path: str | None = None
+    python_version: str | None = field(default=None, metadata=OPTIONAL)
+    torch_version: str | None = None
+    cuda_available: bool | None = None
+    versions: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    drift: list[dict[str, Any]] | None = field(default=None, metadata=OPTIONAL)
+    # Whatever else the probe reports, kept so the JSON stays the probe's own.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_probe(cls, result: dict[str, Any]) -> EnvTestResult:
+        """From the probe's dict (its ``packages`` list is left out: the constraints file
+        holds it)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in result.items() if k in names}
+        extra = {k: v for k, v in result.items() if k not in names and k != "packages"}
+        return cls(**known, extra=extra)
+
+
+@dataclass
+class ModelSmokeResult(_Result):
+    """``owllm model smoke ID``: the server started (or was reused), answered ``/health`` and
+    generated; with timings, the kernels chosen and, on failure, the log's tail."""
+
+    model_id: str
+    status: str = FAIL
+    backend: str | None = None
+    server_started: bool = False
+    health_ok: bool = False
+    generate_ok: bool = False
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    env_key: str | None = None
+    port: int | None = None
+    startup_s: float | None = None
+    first_token_s: float | None = None
+    tokens_per_s: float | None = None
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None
+    dtype_reason: str | None = None
+    kernels: dict[str, Any] = field(default_factory=dict)
+    reused_running_server: bool | None = field(default=None, metadata=OPTIONAL)
+    sample: str | None = field(default=None, metadata=OPTIONAL)
+    log_tail: str | None = field(default=None, metadata=OPTIONAL)
+
+
+@dataclass
+class ToolsSmokeResult(_Result):
+    """``owllm tools smoke ID``: prompt → tool call → strict validation → execution on the tool
+    server → the result back → a final answer."""
+
+    model_id: str
+    status: str = FAIL
+    server_started: bool = False
+    tool_server_ok: bool = False
+    tool_call_detected: bool = False
+    tool_executed: bool = False
+    final_answer_ok: bool = False
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    call: dict[str, Any] | None = None
+    result: Any = None
+    constrained: bool = False
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    model_output: str | None = field(default=None, metadata=OPTIONAL)
+    final_answer: str | None = field(default=None, metadata=OPTIONAL)
