@@ -20,7 +20,13 @@ from typing import Any
 from filelock import FileLock
 
 from owllm import progress
-from owllm.backends import BackendContext, Capabilities, LaunchSpec
+from owllm.backends import (
+    TOOL_CALL_RULES,
+    BackendContext,
+    Capabilities,
+    LaunchSpec,
+    option_problems,
+)
 from owllm.backends._common import api_key_vars, hf_model_path, runs_on_cpu, write_run_file
 from owllm.backends._kernels import KernelChoice, choose
 from owllm.config import ModelConfig
@@ -102,13 +108,50 @@ def gguf_for(source: Path, quant: str | None, ctx: BackendContext) -> Path:
         return out
 
 
+# `quant:` names the converter (gguf_convert.py, QUANT_TYPES) turns into llama.cpp file
+# types.  A copy, because the converter runs in the model's env and imports no owllm; a
+# test keeps the two equal.
+QUANT_TYPES = ("q4_0", "q4_1", "q8_0", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_s", "q4_k_m",
+               "q5_k_s", "q5_k_m", "q6_k")
+
+PROMPT_TEMPLATE = "Tools:\n{tools}\n" + TOOL_CALL_RULES + "\nRequest: {prompt}\nJSON:"
+
+# llama.cpp's env; a ``backends.llamacpp`` entry in the user's envs.yaml replaces it.
+ENV_PACKAGES: dict[str, Any] = {
+    "framework": "llamacpp",
+    # The server, plus what OWLLM's GGUF converter needs.
+    "packages": ["llama-cpp-python[server]==0.3.36", "gguf", "numpy", "safetensors",
+                 "sentencepiece"],
+    # Built from source on hosts without a matching wheel (~4 min on 2 cores without the
+    # multimodal library, mtmd, which doubles the build and serves only vision models).
+    # uv rebuilds a registry sdist for every new env (measured), so OWLLM keeps the built
+    # wheel in its machine-wide wheelhouse: a second env, in any home, does not compile.
+    "build_env": {"CMAKE_ARGS": "-DLLAVA_BUILD=OFF"},
+    "keep_built_wheels": ["llama-cpp-python"],
+    "cuda": {
+        "extra_index_urls": ["https://abetlen.github.io/llama-cpp-python/whl/{cuda}"],
+        "build_env": {"CMAKE_ARGS": "-DLLAVA_BUILD=OFF -DGGML_CUDA=on"},
+    },
+    "probe_imports": ["llama_cpp", "llama_cpp.server", "gguf", "safetensors", "sentencepiece"],
+    "key_packages": ["llama-cpp-python", "gguf", "fastapi", "uvicorn"],
+}
+
+
 class LlamaCppBackend:
+    """llama-cpp-python's OpenAI server behind a thin layer; GGUF weights, ``quant:``."""
+
     name = "llamacpp"
     # llama-cpp-python's grammar converter ignores number bounds (integer ranges up to 1024
     # values are rewritten as enums by llamacpp_server.py; wider ones stay unenforced).
     capabilities = Capabilities(unenforced_keywords=(
         "number.minimum", "number.maximum", "number.exclusiveMinimum",
         "number.exclusiveMaximum", "number.multipleOf", "integer.multipleOf"))
+    quant_types = QUANT_TYPES
+    prompt_template = PROMPT_TEMPLATE
+    env_packages = ENV_PACKAGES
+
+    def config_problems(self, model: ModelConfig) -> list[tuple[str, str]]:
+        return option_problems(model, quant_types=self.quant_types)
 
     def model_path(self, model: ModelConfig, ctx: BackendContext) -> Path | str:
         if model.base_model.endswith(".gguf") and not model.is_demo:
