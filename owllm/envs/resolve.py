@@ -100,8 +100,8 @@ def resolve_env_key(model: ModelConfig, profile: HardwareProfile,
     rules: list[str] = []
     backend = model.backend
     if backend not in envs_config.backends:
-        raise EnvError(f"model {model.model_id!r}: backend {backend!r} has no entry in "
-                       f"{envs_config.path}",
+        raise EnvError(f"model {model.model_id!r}: backend {backend!r} is not installed and "
+                       f"has no entry in {envs_config.path}",
                        hint=f"known backends: {', '.join(sorted(envs_config.backends))}")
     cuda = _cuda_for(model, profile, envs_config, rules)
     wanted = {"bnb": model.use_4bit, "peft": bool(model.adapter_dir)}

@@ -3,6 +3,10 @@
 Where the file is found (:func:`find_envs_config`): ``envs.yaml`` next to the model config,
 else the copy shipped in the wheel (``owllm/data/envs.yaml``), else the source checkout's
 ``configs/envs.yaml``.
+
+What a backend's env installs is the backend's own knowledge
+(:attr:`owllm.backends.Backend.env_packages`); a ``backends.<name>`` entry in envs.yaml
+replaces it, whole, for that backend (a user pinning another torch, a mirror's index).
 """
 
 from __future__ import annotations
@@ -11,15 +15,18 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+
 import owllm
 from owllm import cpu_probe
+from owllm.backends import backend_names, get_backend
 from owllm.errors import ConfigError
-from owllm.yaml_lines import Key, display, load_validated, schema_message
+from owllm.yaml_lines import Key, display, dotted, load_validated, schema_message
 
 ENVS_FILENAME = "envs.yaml"
 _HINT = "fix the file, or delete it to use OWLLM's default envs.yaml"
@@ -105,9 +112,13 @@ class EnvsConfig:
     def cuda_tags(self) -> tuple[str, ...]:
         return tuple(self.data.get("cuda_tags", ()))
 
-    @property
+    @cached_property
     def backends(self) -> Mapping[str, Any]:
-        return dict(self.data.get("backends", {}))
+        """Every backend's env entry: the installed backends' own, replaced by the file's
+        entry of the same name; a file entry for a backend that is not installed stays
+        (its key still resolves and builds)."""
+        own = {name: _backend_entry(name) for name in backend_names()}
+        return {**own, **dict(self.data.get("backends", {}))}
 
     @property
     def features(self) -> Mapping[str, Any]:
@@ -205,6 +216,22 @@ def host_safe_build_env(backend: str, cuda: str, build_env: dict[str, Any],
     return {**build_env, "CMAKE_ARGS": args}
 
 
+def _backend_entry(name: str) -> Mapping[str, Any]:
+    """A backend's own env entry, checked against the envs.yaml schema's backend entry (a
+    third-party backend's typo is reported as clearly as the user's)."""
+    backend = get_backend(name)
+    entry = dict(backend.env_packages)
+    schema = {"$defs": envs_schema()["$defs"], "$ref": "#/$defs/backend"}
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(entry), key=str)
+    if errors:
+        where = f"backend {name!r} ({type(backend).__module__}) env_packages"
+        raise ConfigError(where, [f"{where}: {dotted(p) or '<top level>'}: {m}"
+                                  for p, m in map(_message, errors)],
+                          hint="fix the backend's env_packages, or give the backend an entry "
+                               "in envs.yaml")
+    return entry
+
+
 def _env_pairs(mapping: Mapping[str, Any] | None) -> tuple[str, ...]:
     return tuple(f"{name}={value}" for name, value in sorted((mapping or {}).items()))
 
@@ -232,9 +259,10 @@ def load_envs_config(path: str | Path) -> EnvsConfig:
             if tag != "cpu" and tag not in tags:
                 problems.append(f"{shown}: backends.{name}.torch.{tag}: not 'cpu' and not one "
                                 f"of cuda_tags ({', '.join(sorted(tags))})")
+    known = {*data.get("backends", {}), *backend_names()}
     for name, entry in data.get("features", {}).items():
         for backend in entry.get("backends", ()):
-            if backend not in data.get("backends", {}):
+            if backend not in known:
                 problems.append(f"{shown}: features.{name}.backends: unknown backend "
                                 f"{backend!r}")
     if problems:

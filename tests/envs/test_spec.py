@@ -4,14 +4,29 @@ from pathlib import Path
 
 import pytest
 
+from owllm.backends import backend_names, get_backend
 from owllm.envs.spec import default_envs_path, find_envs_config, load_envs_config
 from owllm.errors import ConfigError
 
 
 def test_default_envs_yaml_is_valid() -> None:
     envs = load_envs_config(default_envs_path())
-    assert {"transformers", "vllm", "llamacpp"} <= set(envs.backends)
+    assert set(backend_names()) <= set(envs.backends)
     assert "cu121" in envs.cuda_tags and {"bnb", "peft"} <= set(envs.features)
+
+
+def test_each_backend_owns_its_env_and_envs_yaml_overrides_it(tmp_path: Path) -> None:
+    shipped = load_envs_config(default_envs_path())
+    for name in backend_names():  # the shipped file adds nothing: the backend is the source
+        assert shipped.backends[name] == dict(get_backend(name).env_packages)
+    path = tmp_path / "envs.yaml"
+    path.write_text("version: 1\nbackends:\n  vllm: {framework: vllm, packages: [six]}\n"
+                    "  mine: {framework: torch, packages: [six]}\n")
+    envs = load_envs_config(path)
+    assert envs.backends["vllm"] == {"framework": "vllm", "packages": ["six"]}  # whole
+    assert envs.backends["transformers"] == shipped.backends["transformers"]
+    assert envs.build_spec("vllm-cpu", "vllm", "cpu", ()).packages == ("six",)
+    assert "mine" in envs.backends  # an entry for a backend that is not installed stays
 
 
 def test_envs_yaml_beside_the_model_config_wins(tmp_path: Path, tiny_envs: Path) -> None:
