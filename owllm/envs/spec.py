@@ -117,8 +117,9 @@ class EnvsConfig:
         """Every backend's env entry: the installed backends' own, replaced by the file's
         entry of the same name; a file entry for a backend that is not installed stays
         (its key still resolves and builds)."""
-        own = {name: _backend_entry(name) for name in backend_names()}
-        return {**own, **dict(self.data.get("backends", {}))}
+        overrides = dict(self.data.get("backends", {}))
+        own = {name: _backend_entry(name) for name in backend_names() if name not in overrides}
+        return {**own, **overrides}
 
     @property
     def features(self) -> Mapping[str, Any]:
