@@ -118,7 +118,11 @@ class BackendContext:
 @runtime_checkable
 class Backend(Protocol):
     """One serving engine.  Implementations are plain classes with these attributes; the
-    registry instantiates them with no arguments."""
+    registry instantiates them with no arguments.
+
+    Optional: ``host_build_env(cuda, build_env) -> dict`` adapts the env's build settings
+    (``env_packages`` ``build_env``) to this host; llama.cpp leaves out instruction sets the
+    CPU lists but cannot run.  It applies to a user's envs.yaml entry for the backend too."""
 
     name: str
     capabilities: Capabilities

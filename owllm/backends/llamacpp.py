@@ -19,7 +19,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from owllm import progress
+from owllm import cpu_probe, progress
 from owllm.backends import (
     TOOL_CALL_RULES,
     BackendContext,
@@ -153,6 +153,10 @@ class LlamaCppBackend:
     def config_problems(self, model: ModelConfig) -> list[tuple[str, str]]:
         return option_problems(model, quant_types=self.quant_types)
 
+    def host_build_env(self, cuda: str, build_env: dict[str, str]) -> dict[str, str]:
+        """The env's build settings for this host (:func:`host_safe_build_env`)."""
+        return host_safe_build_env(cuda, build_env)
+
     def model_path(self, model: ModelConfig, ctx: BackendContext) -> Path | str:
         if model.base_model.endswith(".gguf") and not model.is_demo:
             path = Path(model.base_model).expanduser()
@@ -210,3 +214,32 @@ def extra_buffers_choice(ctx: BackendContext, gpu: bool) -> KernelChoice:
         return KernelChoice("extra_buffers", "on", "GPU host: CPU kernels unused")
     return choose(ctx, "extra_buffers", fast="on", safe="off", needs=EXTRA_BUFFER_FEATURES,
                   fast_reason="the host runs the CPU kernels llama.cpp picks (probed)")
+
+
+# llama.cpp's CPU instruction sets: (flag in /proc/cpuinfo, ggml CMake option).  AMX is not
+# here on purpose: its kernels are chosen at run time (llama.cpp's extra buffer types, see
+# backends/_kernels.py), and a portable build leaves them out.
+GGML_ISA = (("sse4_2", "SSE42"), ("avx", "AVX"), ("avx2", "AVX2"), ("bmi2", "BMI2"),
+            ("fma", "FMA"), ("f16c", "F16C"), ("avx_vnni", "AVX_VNNI"),
+            ("avx512f", "AVX512"), ("avx512vbmi", "AVX512_VBMI"),
+            ("avx512_vnni", "AVX512_VNNI"), ("avx512_bf16", "AVX512_BF16"))
+
+
+def host_safe_build_env(cuda: str, build_env: dict[str, str],
+                        report: cpu_probe.IsaReport | None = None) -> dict[str, str]:
+    """llama.cpp's CPU build for this host: native (``-march=native``) unless the CPU lists
+    an instruction set it cannot run (probed, :mod:`owllm.cpu_probe`); then a build with
+    ``GGML_NATIVE=OFF`` and one option per instruction set that does run.  The build
+    settings are part of the env's fingerprint and of the wheelhouse key, so such a host
+    gets its own wheel."""
+    if cuda != "cpu" or "GGML_NATIVE" in str(build_env):
+        return build_env
+    report = report or cpu_probe.probe_host(cpu_probe.machine_cache_dir())
+    failing = report.failing()
+    if not failing:
+        return build_env
+    flags = cpu_probe.cpu_flags()
+    isa = " ".join(f"-DGGML_{option}=ON" for flag, option in GGML_ISA
+                   if flag in flags and flag not in failing)
+    args = f"{build_env.get('CMAKE_ARGS', '')} -DGGML_NATIVE=OFF {isa}".strip()
+    return {**build_env, "CMAKE_ARGS": args}

@@ -23,7 +23,6 @@ from typing import Any
 import jsonschema
 
 import owllm
-from owllm import cpu_probe
 from owllm.backends import backend_names, get_backend
 from owllm.errors import ConfigError
 from owllm.yaml_lines import Key, display, dotted, load_validated, schema_message
@@ -182,39 +181,20 @@ class EnvsConfig:
             extra_index_urls=tuple(urls),
             find_links=tuple(u.format(cuda=cuda) for u in merged("find_links")),
             torch_index=torch_index,
-            build_env=_env_pairs(host_safe_build_env(
+            build_env=_env_pairs(host_build_env(
                 backend, cuda, {**(entry.get("build_env") or {}),
                                 **(variant.get("build_env") or {})})),
             keep_built_wheels=tuple(merged("keep_built_wheels")))
 
 
-# llama.cpp's CPU instruction sets: (flag in /proc/cpuinfo, ggml CMake option).  AMX is not
-# here on purpose: its kernels are chosen at run time (llama.cpp's extra buffer types, see
-# backends/_kernels.py), and a portable build leaves them out.
-GGML_ISA = (("sse4_2", "SSE42"), ("avx", "AVX"), ("avx2", "AVX2"), ("bmi2", "BMI2"),
-            ("fma", "FMA"), ("f16c", "F16C"), ("avx_vnni", "AVX_VNNI"),
-            ("avx512f", "AVX512"), ("avx512vbmi", "AVX512_VBMI"),
-            ("avx512_vnni", "AVX512_VNNI"), ("avx512_bf16", "AVX512_BF16"))
-
-
-def host_safe_build_env(backend: str, cuda: str, build_env: dict[str, Any],
-                        report: cpu_probe.IsaReport | None = None) -> dict[str, Any]:
-    """llama.cpp's CPU build for this host: native (``-march=native``) unless the CPU lists
-    an instruction set it cannot run (probed, :mod:`owllm.cpu_probe`); then a build with
-    ``GGML_NATIVE=OFF`` and one option per instruction set that does run.  The build
-    settings are part of the env's fingerprint and of the wheelhouse key, so such a host
-    gets its own wheel."""
-    if backend != "llamacpp" or cuda != "cpu" or "GGML_NATIVE" in str(build_env):
+def host_build_env(backend: str, cuda: str, build_env: dict[str, Any]) -> dict[str, Any]:
+    """The build settings of ``backend``'s env adapted to this host by the backend's optional
+    ``host_build_env(cuda, build_env)`` (llama.cpp leaves out instruction sets this CPU lists
+    but cannot run); as given for a backend without one, or known only from envs.yaml."""
+    if backend not in backend_names():
         return build_env
-    report = report or cpu_probe.probe_host(cpu_probe.machine_cache_dir())
-    failing = report.failing()
-    if not failing:
-        return build_env
-    flags = cpu_probe.cpu_flags()
-    isa = " ".join(f"-DGGML_{option}=ON" for flag, option in GGML_ISA
-                   if flag in flags and flag not in failing)
-    args = f"{build_env.get('CMAKE_ARGS', '')} -DGGML_NATIVE=OFF {isa}".strip()
-    return {**build_env, "CMAKE_ARGS": args}
+    adapt = getattr(get_backend(backend), "host_build_env", None)
+    return dict(adapt(cuda, build_env)) if adapt is not None else build_env
 
 
 def _backend_entry(name: str) -> Mapping[str, Any]:
