@@ -70,6 +70,8 @@ def test_builtins_register_through_owllms_own_entry_points() -> None:
                 if e.group == ENTRY_POINT_GROUP}
     assert declared == BUILT_IN
     assert set(BUILT_IN) <= set(backend_names())
+    # the list used only by a never-installed source tree is the same
+    assert registry._SOURCE_TREE_BACKENDS == BUILT_IN
 
 
 @pytest.mark.parametrize("name", backend_names())
