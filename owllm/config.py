@@ -140,7 +140,7 @@ class Config:
 @cache
 def config_schema() -> dict[str, Any]:
     """The config's JSON Schema, with the ``backend`` enum set to the installed backends
-    (the shipped file leaves it empty: the registry is the one list)."""
+    (the shipped file has none: the registry is the one list)."""
     text = resources.files("owllm.schemas").joinpath("llm_backends.schema.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     schema["$defs"]["model"]["properties"]["backend"]["enum"] = list(backend_names())
