@@ -37,10 +37,9 @@ from typing import Any
 
 import httpx
 
-from owllm.backends import BackendContext, get_backend
+from owllm.backends import BackendContext, backend_names, get_backend
 from owllm.servers.manager import LLMServerManager
 
-BACKENDS = ("transformers", "vllm", "llamacpp")
 PROMPT = "Once upon a time"
 MARK = "BENCH_JSON "
 MODEL = ('  bench_{name}:\n    base_model: "demo://tiny-llama"\n    backend: {name}\n'
@@ -75,6 +74,8 @@ def run(k):
 LOADERS = {"transformers": "", "vllm": "llm = LLM(model=path, max_model_len=1024, "
            "enforce_eager=True)", "llamacpp": "llm = Llama(model_path=path, n_ctx=1024, "
            "verbose=False)"}
+# The installed backends this bench can measure: those with a bare-engine script above.
+BACKENDS = tuple(name for name in backend_names() if name in ENGINES)
 TIMED = """
 def main():
     global llm
@@ -192,7 +193,8 @@ def main() -> None:
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
     unknown = sorted(set(names) - set(BACKENDS))
     if unknown or not names or args.repeats < 1 or args.max_tokens < 1:
-        parser.error(f"--backends takes {','.join(BACKENDS)} (got unknown: {unknown}); "
+        parser.error(f"--backends takes {','.join(BACKENDS)} (installed backends with a "
+                     f"bare-engine script here; got unknown: {unknown}); "
                      "--repeats and --max-tokens must be >= 1")
     wall = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}

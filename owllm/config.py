@@ -1,8 +1,11 @@
 """Load and validate ``configs/llm_backends.yaml`` into frozen dataclasses.
 
 Validation is a JSON Schema shipped in the package (``owllm/schemas/``), so the rules live in
-one place that editors can use too.  Every problem is reported at once, each as
-``<file>:<line>: <dotted.path>: <message>``; unknown keys and duplicate keys are errors.
+one place that editors can use too; its ``backend`` enum is filled from the installed
+backends (:func:`owllm.backends.backend_names`), and each backend then checks the options it
+cannot honour (:meth:`owllm.backends.Backend.config_problems`).  Every problem is reported
+at once, each as ``<file>:<line>: <dotted.path>: <message>``; unknown keys and duplicate
+keys are errors.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from typing import Any
 
 import jsonschema
 
-from owllm.errors import ConfigError
+from owllm.backends import backend_names, get_backend
+from owllm.errors import ConfigError, OwllmError
 from owllm.yaml_lines import Key, display, load_validated, schema_message
 
-BACKENDS = ("transformers", "vllm", "llamacpp")
 DEMO_SCHEME = "demo://"
 
 
@@ -136,8 +139,11 @@ class Config:
 
 @cache
 def config_schema() -> dict[str, Any]:
+    """The config's JSON Schema, with the ``backend`` enum set to the installed backends
+    (the shipped file has none: the registry is the one list)."""
     text = resources.files("owllm.schemas").joinpath("llm_backends.schema.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
+    schema["$defs"]["model"]["properties"]["backend"]["enum"] = list(backend_names())
     return schema
 
 
@@ -155,6 +161,9 @@ def _message(error: jsonschema.ValidationError) -> tuple[Key, str]:
         return path, (f"requirement {error.instance!r} is not a package spec: a requirement "
                       "must not start with '-' or a space, nor span lines (index URLs go in "
                       "envs.yaml extra_index_urls or pip.conf)")
+    if error.validator == "enum" and len(path) == 3 and path[2] == "backend":
+        return path, (f"unknown backend {error.instance!r}; installed backends: "
+                      f"{', '.join(backend_names())}")
     if error.validator == "pattern" and len(path) == 3 and path[2] == "env_key":
         return path, (f"invalid env key {error.instance!r}: use letters, digits, '_', '.', "
                       "'-' (starting with a letter or digit, at most 100 characters)")
@@ -189,25 +198,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 def _backend_problems(model: ModelConfig) -> list[tuple[str, str]]:
-    """Options that only one backend understands, named where they are set elsewhere."""
-    from owllm.inenv.gguf_convert import QUANT_TYPES
-
-    problems = []
-    if model.backend != "transformers" and model.use_4bit:
-        problems.append(("use_4bit", f"bitsandbytes 4-bit is a transformers option, not "
-                         f"{model.backend}'s; for llamacpp set quant: q4_k_m, for vllm serve "
-                         "a pre-quantized checkpoint (AWQ, GPTQ)"))
-    if model.backend != "transformers" and model.adapter_dir:
-        problems.append(("adapter_dir", f"LoRA adapters are served by backend: transformers "
-                         f"only in OWLLM; merge the adapter into the weights for "
-                         f"{model.backend}"))
-    if model.quant is not None and model.backend != "llamacpp":
-        problems.append(("quant", "quant: is GGUF quantization and applies to "
-                         "backend: llamacpp only"))
-    elif model.quant is not None and model.quant.lower() not in QUANT_TYPES:
-        problems.append(("quant", f"unknown quant {model.quant!r}; "
-                         f"known: {', '.join(QUANT_TYPES)}"))
-    return problems
+    """Options the model's backend cannot honour (the backend decides, naming the field)."""
+    try:
+        backend = get_backend(model.backend)
+    except OwllmError as exc:  # installed (the schema said so) but broken
+        return [("backend", exc.message)]
+    return backend.config_problems(model)
 
 
 def _model(model_id: str, entry: Mapping[str, Any], line: int | None) -> ModelConfig:

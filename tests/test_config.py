@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -191,3 +192,27 @@ def test_unknown_model_lists_known_ids(tmp_path: Path) -> None:
     with pytest.raises(Exception) as info:
         config.model("c")
     assert "unknown model id 'c'" in str(info.value) and "known model ids: a, b" in str(info.value)
+
+
+def test_the_schema_backend_enum_is_the_registry() -> None:
+    from owllm.backends import backend_names
+    from owllm.config import config_schema
+
+    backend = config_schema()["$defs"]["model"]["properties"]["backend"]
+    assert backend["enum"] == list(backend_names())
+    shipped = json.loads((REPO / "owllm" / "schemas" / "llm_backends.schema.json").read_text())
+    assert "enum" not in shipped["$defs"]["model"]["properties"]["backend"]  # not copied
+
+
+def test_an_unknown_backend_lists_the_installed_ones(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from owllm.backends import backend_names
+
+    found = problems(tmp_path, monkeypatch, """
+        models:
+          s:
+            base_model: x
+            backend: sglang
+        """)
+    assert found == [f"cfg.yaml:4: models.s.backend: unknown backend 'sglang'; installed "
+                     f"backends: {', '.join(backend_names())}"]

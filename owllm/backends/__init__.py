@@ -1,24 +1,69 @@
-"""Backends behind one small Protocol: how to prepare a model, launch its server, and know
-it is ready.  Every backend speaks the OpenAI-compatible HTTP API, so smoke tests, tool calls
-and users' own clients work the same on all of them.
+"""Backends behind one small Protocol: everything OWLLM knows about one serving engine.
 
-Adding a backend (say SGLang or TGI) is one module here plus an entry in ``BACKENDS`` and in
-``configs/envs.yaml``.
+A backend says how to prepare a model and launch its server, and also owns what the rest
+of OWLLM used to keep in lists of its own: the config options it accepts
+(:meth:`Backend.config_problems`), its quant types, the tool-call prompt template, its
+capabilities and the packages of its env (:attr:`Backend.env_packages`, the shape of an
+``envs.yaml`` ``backends.<name>`` entry, which a user's envs.yaml may still override).
+
+Backends are found through the ``owllm.backends`` entry point group: the name of the entry
+point is the backend name, its value the class (``pkg.module:Class``).  OWLLM's own three
+are declared in its ``pyproject.toml`` exactly as a third party declares one, so adding a
+backend touches no OWLLM file.  This module is a low layer (config imports it): it imports
+nothing of owllm above :mod:`owllm.errors` at module level, and loads a backend's module
+only when that backend is asked for.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import import_module
+from functools import cache
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from owllm.errors import UsageError
 
 if TYPE_CHECKING:
     from owllm.backends._kernels import KernelChoice
     from owllm.config import ModelConfig
     from owllm.envs import EnvRegistry, EnvSpec
     from owllm.paths import Home
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "TOOL_CALL_RULES",
+    "Backend",
+    "BackendContext",
+    "Capabilities",
+    "LaunchSpec",
+    "backend_names",
+    "get_backend",
+    "option_problems",
+]
+
+#: The entry point group every backend registers in (``name = "module:Class"``).
+ENTRY_POINT_GROUP = "owllm.backends"
+
+# The built-in backends, used only when OWLLM runs from a source tree that was never
+# installed (no distribution metadata, so no entry points): the same three pyproject.toml
+# declares.
+_SOURCE_TREE_BACKENDS = {
+    "transformers": "owllm.backends.transformers:TransformersBackend",
+    "vllm": "owllm.backends.vllm:VllmBackend",
+    "llamacpp": "owllm.backends.llamacpp:LlamaCppBackend",
+}
+
+#: What every tool-call prompt template asks for: one strict JSON envelope.  A backend's
+#: :attr:`Backend.prompt_template` embeds it (``{{``/``}}`` because templates are
+#: ``str.format`` strings with the fields ``{tools}`` and ``{prompt}``).
+TOOL_CALL_RULES = (
+    'Reply with exactly one JSON object and nothing else: {{"tool": "<tool name>", '
+    '"args": {{<arguments>}}, "id": "call_1"}}. No markdown, no code fences, no prose, '
+    "no XML, no function-call syntax. Use only the tools listed and only their parameters."
+)
 
 
 @dataclass(frozen=True)
@@ -70,9 +115,31 @@ class BackendContext:
     kernel_overrides: Mapping[str, KernelChoice] = field(default_factory=dict)
 
 
+@runtime_checkable
 class Backend(Protocol):
+    """One serving engine.  Implementations are plain classes with these attributes; the
+    registry instantiates them with no arguments.
+
+    Optional: ``host_build_env(cuda, build_env) -> dict`` adapts the env's build settings
+    (``env_packages`` ``build_env``) to this host; llama.cpp leaves out instruction sets the
+    CPU lists but cannot run.  It applies to a user's envs.yaml entry for the backend too."""
+
     name: str
     capabilities: Capabilities
+    #: ``quant:`` values the backend accepts (lower case); empty: ``quant:`` is an error.
+    quant_types: tuple[str, ...]
+    #: The tool-call prompt (``str.format`` fields ``{tools}`` and ``{prompt}``), embedding
+    #: :data:`TOOL_CALL_RULES`.
+    prompt_template: str
+    #: What the backend's env installs: an envs.yaml ``backends.<name>`` entry (framework,
+    #: packages, torch pins per wheel tag, cpu/cuda variants, probe_imports, key_packages).
+    #: An entry of the same name in the user's envs.yaml replaces it.
+    env_packages: Mapping[str, Any]
+
+    def config_problems(self, model: ModelConfig) -> list[tuple[str, str]]:
+        """``(field, message)`` for each option of ``model`` this backend cannot honour;
+        :func:`owllm.config.load_config` reports them as ``file:line`` errors."""
+        ...
 
     def model_path(self, model: ModelConfig, ctx: BackendContext) -> Path | str:
         """Materialize or locate the weights the server loads (demo models, conversions)."""
@@ -84,23 +151,80 @@ class Backend(Protocol):
         ...
 
 
-BACKENDS: dict[str, str] = {
-    "transformers": "owllm.backends.transformers:TransformersBackend",
-    "vllm": "owllm.backends.vllm:VllmBackend",
-    "llamacpp": "owllm.backends.llamacpp:LlamaCppBackend",
-}
+def option_problems(model: ModelConfig, *, four_bit: bool = False, adapters: bool = False,
+                    quant_types: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """The checks most backends share, for :meth:`Backend.config_problems`: bitsandbytes
+    4-bit (``use_4bit``), LoRA adapters (``adapter_dir``) and ``quant:`` (GGUF types), each
+    an error unless the backend says it serves it."""
+    problems = []
+    if model.use_4bit and not four_bit:
+        problems.append(("use_4bit", f"bitsandbytes 4-bit is a transformers option, not "
+                         f"{model.backend}'s; for llamacpp set quant: q4_k_m, for vllm serve "
+                         "a pre-quantized checkpoint (AWQ, GPTQ)"))
+    if model.adapter_dir and not adapters:
+        problems.append(("adapter_dir", f"LoRA adapters are served by backend: transformers "
+                         f"only in OWLLM; merge the adapter into the weights for "
+                         f"{model.backend}"))
+    if model.quant is not None and not quant_types:
+        problems.append(("quant", "quant: is GGUF quantization and applies to "
+                         "backend: llamacpp only"))
+    elif model.quant is not None and model.quant.lower() not in quant_types:
+        problems.append(("quant", f"unknown quant {model.quant!r}; "
+                         f"known: {', '.join(quant_types)}"))
+    return problems
+
+
+@cache
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    """Installed backends by name (entry point metadata only: nothing is imported)."""
+    found: dict[str, metadata.EntryPoint] = {}
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        # Two distributions may both be visible (an editable install and a wheel of the
+        # same project): the first on sys.path wins, as for imports.
+        found.setdefault(entry.name, entry)
+    try:
+        metadata.distribution("owllm")
+    except metadata.PackageNotFoundError:
+        for name, value in _SOURCE_TREE_BACKENDS.items():
+            found.setdefault(name, metadata.EntryPoint(name, value, ENTRY_POINT_GROUP))
+    return found
+
+
+def backend_names() -> tuple[str, ...]:
+    """The installed backends' names, sorted (the config schema's ``backend`` enum)."""
+    return tuple(sorted(_entry_points()))
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[._-]", "", name.lower())
+
+
+@cache
+def _load(name: str) -> Backend:
+    entry = _entry_points()[name]
+    try:
+        backend = entry.load()()
+    except Exception as exc:  # a third-party plugin's own bug: name it, do not crash
+        raise UsageError(f"backend {name!r} ({entry.value}) failed to load: {exc!r}",
+                         hint="reinstall the package that provides it") from exc
+    missing = [a for a in ("name", "capabilities", "quant_types", "prompt_template",
+                           "env_packages", "config_problems", "model_path", "launch")
+               if not hasattr(backend, a)]
+    if missing:
+        raise UsageError(f"backend {name!r} ({entry.value}) does not implement the backend "
+                         f"contract: missing {', '.join(missing)}",
+                         hint="see owllm.backends.Backend")
+    return backend
 
 
 def get_backend(name: str) -> Backend:
-    from owllm.errors import UsageError
-
-    try:
-        target = BACKENDS[name]
-    except KeyError:
-        raise UsageError(
-            f"backend {name!r} is not available in this OWLLM build",
-            hint=f"available backends: {', '.join(sorted(BACKENDS))}",
-        ) from None
-    module_name, _, attr = target.partition(":")
-    backend: Backend = getattr(import_module(module_name), attr)()
-    return backend
+    """The installed backend called ``name`` (``llama.cpp``/``llama_cpp`` also name
+    ``llamacpp``); a UsageError listing the installed ones otherwise."""
+    entries = _entry_points()
+    if name not in entries:
+        aliases = [n for n in entries if _normalized(n) == _normalized(name)]
+        if len(aliases) != 1:
+            raise UsageError(f"backend {name!r} is not installed",
+                             hint=f"installed backends: {', '.join(backend_names())}")
+        name = aliases[0]
+    return _load(name)

@@ -18,8 +18,14 @@ from typing import Any
 
 from filelock import FileLock
 
-from owllm import progress
-from owllm.backends import BackendContext, Capabilities, LaunchSpec
+from owllm import cpu_probe, progress
+from owllm.backends import (
+    TOOL_CALL_RULES,
+    BackendContext,
+    Capabilities,
+    LaunchSpec,
+    option_problems,
+)
 from owllm.backends._common import api_key_vars, hf_model_path, runs_on_cpu, write_run_file
 from owllm.backends._kernels import KernelChoice, choose
 from owllm.config import ModelConfig
@@ -101,7 +107,38 @@ def gguf_for(source: Path, quant: str | None, ctx: BackendContext) -> Path:
         return out
 
 
+# `quant:` names the converter (owllm/inenv/gguf_convert.py, QUANT_TYPES) turns into llama.cpp file
+# types.  A copy, because the converter runs in the model's env and imports no owllm; a
+# test keeps the two equal.
+QUANT_TYPES = ("q4_0", "q4_1", "q8_0", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_s", "q4_k_m",
+               "q5_k_s", "q5_k_m", "q6_k")
+
+PROMPT_TEMPLATE = "Tools:\n{tools}\n" + TOOL_CALL_RULES + "\nRequest: {prompt}\nJSON:"
+
+# llama.cpp's env; a ``backends.llamacpp`` entry in the user's envs.yaml replaces it.
+ENV_PACKAGES: dict[str, Any] = {
+    "framework": "llamacpp",
+    # The server, plus what OWLLM's GGUF converter needs.
+    "packages": ["llama-cpp-python[server]==0.3.36", "gguf", "numpy", "safetensors",
+                 "sentencepiece"],
+    # Built from source on hosts without a matching wheel (~4 min on 2 cores without the
+    # multimodal library, mtmd, which doubles the build and serves only vision models).
+    # uv rebuilds a registry sdist for every new env (measured), so OWLLM keeps the built
+    # wheel in its machine-wide wheelhouse: a second env, in any home, does not compile.
+    "build_env": {"CMAKE_ARGS": "-DLLAVA_BUILD=OFF"},
+    "keep_built_wheels": ["llama-cpp-python"],
+    "cuda": {
+        "extra_index_urls": ["https://abetlen.github.io/llama-cpp-python/whl/{cuda}"],
+        "build_env": {"CMAKE_ARGS": "-DLLAVA_BUILD=OFF -DGGML_CUDA=on"},
+    },
+    "probe_imports": ["llama_cpp", "llama_cpp.server", "gguf", "safetensors", "sentencepiece"],
+    "key_packages": ["llama-cpp-python", "gguf", "fastapi", "uvicorn"],
+}
+
+
 class LlamaCppBackend:
+    """llama-cpp-python's OpenAI server behind a thin layer; GGUF weights, ``quant:``."""
+
     name = "llamacpp"
     # llama-cpp-python's grammar converter ignores number bounds (integer ranges up to 1024
     # values are rewritten as enums by owllm.inenv.llamacpp_grammar; wider ones stay
@@ -109,6 +146,16 @@ class LlamaCppBackend:
     capabilities = Capabilities(unenforced_keywords=(
         "number.minimum", "number.maximum", "number.exclusiveMinimum",
         "number.exclusiveMaximum", "number.multipleOf", "integer.multipleOf"))
+    quant_types = QUANT_TYPES
+    prompt_template = PROMPT_TEMPLATE
+    env_packages = ENV_PACKAGES
+
+    def config_problems(self, model: ModelConfig) -> list[tuple[str, str]]:
+        return option_problems(model, quant_types=self.quant_types)
+
+    def host_build_env(self, cuda: str, build_env: dict[str, str]) -> dict[str, str]:
+        """The env's build settings for this host (:func:`host_safe_build_env`)."""
+        return host_safe_build_env(cuda, build_env)
 
     def model_path(self, model: ModelConfig, ctx: BackendContext) -> Path | str:
         if model.base_model.endswith(".gguf") and not model.is_demo:
@@ -168,3 +215,32 @@ def extra_buffers_choice(ctx: BackendContext, gpu: bool) -> KernelChoice:
         return KernelChoice("extra_buffers", "on", "GPU host: CPU kernels unused")
     return choose(ctx, "extra_buffers", fast="on", safe="off", needs=EXTRA_BUFFER_FEATURES,
                   fast_reason="the host runs the CPU kernels llama.cpp picks (probed)")
+
+
+# llama.cpp's CPU instruction sets: (flag in /proc/cpuinfo, ggml CMake option).  AMX is not
+# here on purpose: its kernels are chosen at run time (llama.cpp's extra buffer types, see
+# backends/_kernels.py), and a portable build leaves them out.
+GGML_ISA = (("sse4_2", "SSE42"), ("avx", "AVX"), ("avx2", "AVX2"), ("bmi2", "BMI2"),
+            ("fma", "FMA"), ("f16c", "F16C"), ("avx_vnni", "AVX_VNNI"),
+            ("avx512f", "AVX512"), ("avx512vbmi", "AVX512_VBMI"),
+            ("avx512_vnni", "AVX512_VNNI"), ("avx512_bf16", "AVX512_BF16"))
+
+
+def host_safe_build_env(cuda: str, build_env: dict[str, str],
+                        report: cpu_probe.IsaReport | None = None) -> dict[str, str]:
+    """llama.cpp's CPU build for this host: native (``-march=native``) unless the CPU lists
+    an instruction set it cannot run (probed, :mod:`owllm.cpu_probe`); then a build with
+    ``GGML_NATIVE=OFF`` and one option per instruction set that does run.  The build
+    settings are part of the env's fingerprint and of the wheelhouse key, so such a host
+    gets its own wheel."""
+    if cuda != "cpu" or "GGML_NATIVE" in str(build_env):
+        return build_env
+    report = report or cpu_probe.probe_host(cpu_probe.machine_cache_dir())
+    failing = report.failing()
+    if not failing:
+        return build_env
+    flags = cpu_probe.cpu_flags()
+    isa = " ".join(f"-DGGML_{option}=ON" for flag, option in GGML_ISA
+                   if flag in flags and flag not in failing)
+    args = f"{build_env.get('CMAKE_ARGS', '')} -DGGML_NATIVE=OFF {isa}".strip()
+    return {**build_env, "CMAKE_ARGS": args}

@@ -4,8 +4,15 @@ run with the model's env python.  The server imports only the env's packages."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from owllm.backends import BackendContext, Capabilities, LaunchSpec
+from owllm.backends import (
+    TOOL_CALL_RULES,
+    BackendContext,
+    Capabilities,
+    LaunchSpec,
+    option_problems,
+)
 from owllm.backends._common import (
     api_key_vars,
     hf_model_path,
@@ -19,12 +26,42 @@ from owllm.envs.runner import inenv_argv
 
 SERVER_MODULE = "transformers_app"  # in owllm/inenv/
 
-__all__ = ["SERVER_MODULE", "TransformersBackend", "materialize_demo"]
+__all__ = ["ENV_PACKAGES", "PROMPT_TEMPLATE", "SERVER_MODULE", "TransformersBackend",
+           "materialize_demo"]
+
+PROMPT_TEMPLATE = (
+    "You can call tools. Available tools:\n{tools}\n\n" + TOOL_CALL_RULES + "\n\n"
+    "User request: {prompt}\n"
+)
+
+# The server's env (what owllm/inenv's transformers_app and demo_model import).  A
+# ``backends.transformers`` entry in the user's envs.yaml replaces it.
+ENV_PACKAGES: dict[str, Any] = {
+    "framework": "torch",
+    "packages": ["torch==2.13.0", "transformers", "safetensors", "tokenizers",
+                 "sentencepiece", "protobuf", "fastapi", "uvicorn", "accelerate",
+                 "llguidance"],
+    # torch pin per wheel tag (replaces the set's torch entry on that tag).
+    "torch": {"cpu": "torch==2.13.0", "cu118": "torch==2.7.1", "cu121": "torch==2.5.1",
+              "cu124": "torch==2.6.0", "cu126": "torch==2.9.1", "cu128": "torch==2.9.1"},
+    "probe_imports": ["torch", "transformers", "safetensors", "tokenizers", "sentencepiece",
+                      "google.protobuf", "fastapi", "uvicorn", "accelerate", "llguidance"],
+    "key_packages": ["torch", "transformers", "tokenizers", "safetensors", "accelerate",
+                     "llguidance"],
+}
 
 
 class TransformersBackend:
+    """OWLLM's own server: the only backend with bitsandbytes 4-bit and LoRA adapters."""
+
     name = "transformers"
     capabilities = Capabilities()
+    quant_types: tuple[str, ...] = ()
+    prompt_template = PROMPT_TEMPLATE
+    env_packages = ENV_PACKAGES
+
+    def config_problems(self, model: ModelConfig) -> list[tuple[str, str]]:
+        return option_problems(model, four_bit=True, adapters=True)
 
     def model_path(self, model: ModelConfig, ctx: BackendContext) -> Path | str:
         return hf_model_path(model, ctx)

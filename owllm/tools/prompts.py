@@ -1,10 +1,10 @@
 """Prompt templates that ask a model for a tool call as one strict JSON envelope, and the
 JSON schema for constrained decoding (OpenAI ``response_format`` of type ``json_schema``).
 
-Each template is a ``str`` with the fields ``{tools}`` (see :func:`render_tools`) and
-``{prompt}``::
+The templates belong to the backends (:attr:`owllm.backends.Backend.prompt_template`); each
+is a ``str`` with the fields ``{tools}`` (see :func:`render_tools`) and ``{prompt}``::
 
-    TRANSFORMERS_TEMPLATE.format(tools=render_tools(specs), prompt="What is 42 * 17?")
+    template_for("vllm").format(tools=render_tools(specs), prompt="What is 42 * 17?")
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from owllm.backends import get_backend
 from owllm.tools.specs import normalize_spec
 
 #: ids a model may emit under constrained decoding: short and bounded, so a random model
@@ -22,37 +23,25 @@ from owllm.tools.specs import normalize_spec
 # both a pattern and minLength/maxLength.
 ID_PATTERN = "^call_[A-Za-z0-9]{1,12}$"
 
-_RULES = (
-    'Reply with exactly one JSON object and nothing else: {{"tool": "<tool name>", '
-    '"args": {{<arguments>}}, "id": "call_1"}}. No markdown, no code fences, no prose, '
-    "no XML, no function-call syntax. Use only the tools listed and only their parameters."
-)
-
-TRANSFORMERS_TEMPLATE = (
-    "You can call tools. Available tools:\n{tools}\n\n" + _RULES + "\n\n"
-    "User request: {prompt}\n"
-)
-VLLM_TEMPLATE = (
-    "You are a function-calling assistant.\n# Tools\n{tools}\n\n# Output format\n" + _RULES
-    + ' For several independent calls, reply with a JSON array of such objects with distinct '
-    'ids.\n\n# Request\n{prompt}\n'
-)
-LLAMACPP_TEMPLATE = (
-    "Tools:\n{tools}\n" + _RULES + "\nRequest: {prompt}\nJSON:"
-)
-
-TEMPLATES: dict[str, str] = {
-    "transformers": TRANSFORMERS_TEMPLATE,
-    "vllm": VLLM_TEMPLATE,
-    "llamacpp": LLAMACPP_TEMPLATE,
-}
-
 
 def template_for(backend: str) -> str:
-    """The template for a backend name (``transformers``, ``vllm``, ``llamacpp``/``llama.cpp``
-    /``llama_cpp``); unknown backends get the transformers one (the most explicit)."""
-    key = backend.lower().replace(".", "").replace("_", "").replace("-", "")
-    return TEMPLATES.get(key, TRANSFORMERS_TEMPLATE)
+    """The tool-call prompt template of an installed backend (its
+    :attr:`~owllm.backends.Backend.prompt_template`; ``llama.cpp``/``llama_cpp`` name
+    ``llamacpp``).  An unknown backend is a UsageError listing the installed ones: a
+    template picked by guess would test a prompt the backend never gets."""
+    return get_backend(backend).prompt_template
+
+
+# The README's names for the built-in backends' templates, kept as aliases of
+# template_for() (a module attribute read on access, so the backend stays the source).
+_GUIDE_NAMES = {"TRANSFORMERS_TEMPLATE": "transformers", "VLLM_TEMPLATE": "vllm",
+                "LLAMACPP_TEMPLATE": "llamacpp"}
+
+
+def __getattr__(name: str) -> str:
+    if name in _GUIDE_NAMES:
+        return template_for(_GUIDE_NAMES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def render_tools(tools: Iterable[Any]) -> str:

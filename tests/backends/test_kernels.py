@@ -83,3 +83,22 @@ def test_recorded_fallback_wins_until_the_env_changes(tmp_path: Path) -> None:
         key="vllm-cpu", path=tmp_path, python_executable=Path(sys.executable),
         fingerprint="fp2"), base_dir=tmp_path, registry=None)  # type: ignore[arg-type]
     assert dtype_choice(model(), rebuilt, cpu=True).value == "bfloat16"
+
+
+def test_llamacpp_builds_natively_unless_the_cpu_lists_what_it_cannot_run() -> None:
+    from owllm.backends.llamacpp import host_safe_build_env
+    from owllm.cpu_probe import IsaReport, cpu_flags
+
+    base = {"CMAKE_ARGS": "-DLLAVA_BUILD=OFF"}
+    healthy = IsaReport(host="h", results={"avx512_bf16": "ok", "amx_tile": "absent"})
+    assert host_safe_build_env("cpu", base, healthy) == base
+    faulty = IsaReport(host="h", results={"avx512_bf16": "SIGILL", "amx_int8": "SIGSEGV"})
+    args = host_safe_build_env("cpu", base, faulty)["CMAKE_ARGS"]
+    assert args.startswith("-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF")
+    assert "AVX512_BF16" not in args and "AMX" not in args
+    if "avx2" in cpu_flags():
+        assert "-DGGML_AVX2=ON" in args
+    # A CUDA build, or a user's own GGML_NATIVE choice: untouched.
+    assert host_safe_build_env("cu124", base, faulty) == base
+    mine = {"CMAKE_ARGS": "-DGGML_NATIVE=ON"}
+    assert host_safe_build_env("cpu", mine, faulty) == mine

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,24 @@ def test_parse_key_roundtrip_and_unknown() -> None:
     with pytest.raises(UsageError) as info:
         spec_for_key("nope", ENVS)
     assert info.value.exit_code == 2 and "known keys" in str(info.value)
+
+
+def test_a_backend_name_with_a_dash_keys_its_own_env(tmp_path: Path) -> None:
+    """A backend from envs.yaml (or a plugin) may be called ``torch-fast``: its key is
+    ``torch-cpu-torch-fast`` and reads back as that backend, not as a feature ``fast``."""
+    path = tmp_path / "envs.yaml"
+    path.write_text("version: 1\nbackends:\n  torch-fast: {framework: torch, packages: [six]}\n"
+                    "features:\n  bnb: {packages: [packaging], backends: [torch-fast]}\n")
+    envs = load_envs_config(path)
+    resolved = resolve_env_key(model(backend="torch-fast", use_4bit=True), CPU, envs)
+    assert resolved.key == "torch-cpu-torch-fast-bnb"
+    parsed = parse_key(resolved.key, envs)
+    assert parsed is not None and parsed == resolved.spec
+    assert parsed.packages == ("six", "packaging")
+
+
+def test_a_backend_neither_installed_nor_in_envs_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "envs.yaml"
+    path.write_text("version: 1\nbackends: {}\n")
+    with pytest.raises(EnvError, match="backend 'sglang' is not installed and has no entry"):
+        resolve_env_key(model(backend="sglang"), CPU, load_envs_config(path))

@@ -4,14 +4,29 @@ from pathlib import Path
 
 import pytest
 
+from owllm.backends import backend_names, get_backend
 from owllm.envs.spec import default_envs_path, find_envs_config, load_envs_config
 from owllm.errors import ConfigError
 
 
 def test_default_envs_yaml_is_valid() -> None:
     envs = load_envs_config(default_envs_path())
-    assert {"transformers", "vllm", "llamacpp"} <= set(envs.backends)
+    assert set(backend_names()) <= set(envs.backends)
     assert "cu121" in envs.cuda_tags and {"bnb", "peft"} <= set(envs.features)
+
+
+def test_each_backend_owns_its_env_and_envs_yaml_overrides_it(tmp_path: Path) -> None:
+    shipped = load_envs_config(default_envs_path())
+    for name in backend_names():  # the shipped file adds nothing: the backend is the source
+        assert shipped.backends[name] == dict(get_backend(name).env_packages)
+    path = tmp_path / "envs.yaml"
+    path.write_text("version: 1\nbackends:\n  vllm: {framework: vllm, packages: [six]}\n"
+                    "  mine: {framework: torch, packages: [six]}\n")
+    envs = load_envs_config(path)
+    assert envs.backends["vllm"] == {"framework": "vllm", "packages": ["six"]}  # whole
+    assert envs.backends["transformers"] == shipped.backends["transformers"]
+    assert envs.build_spec("vllm-cpu", "vllm", "cpu", ()).packages == ("six",)
+    assert "mine" in envs.backends  # an entry for a backend that is not installed stays
 
 
 def test_envs_yaml_beside_the_model_config_wins(tmp_path: Path, tiny_envs: Path) -> None:
@@ -44,21 +59,12 @@ def test_bad_envs_yaml_is_a_clear_error(tmp_path: Path, text: str, needle: str) 
     assert info.value.exit_code == 2
 
 
-def test_llamacpp_builds_natively_unless_the_cpu_lists_what_it_cannot_run() -> None:
-    from owllm.cpu_probe import IsaReport, cpu_flags
-    from owllm.envs.spec import host_safe_build_env
+def test_a_backend_adapts_its_build_env_to_the_host() -> None:
+    """The env spec asks the backend (llama.cpp's hook: tests/backends/test_kernels.py);
+    a backend without the hook, or known only from envs.yaml, keeps its settings."""
+    from owllm.envs.spec import host_build_env
 
-    base = {"CMAKE_ARGS": "-DLLAVA_BUILD=OFF"}
-    healthy = IsaReport(host="h", results={"avx512_bf16": "ok", "amx_tile": "absent"})
-    assert host_safe_build_env("llamacpp", "cpu", base, healthy) == base
-    faulty = IsaReport(host="h", results={"avx512_bf16": "SIGILL", "amx_int8": "SIGSEGV"})
-    args = host_safe_build_env("llamacpp", "cpu", base, faulty)["CMAKE_ARGS"]
-    assert args.startswith("-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF")
-    assert "AVX512_BF16" not in args and "AMX" not in args
-    if "avx2" in cpu_flags():
-        assert "-DGGML_AVX2=ON" in args
-    # Not llama.cpp, a CUDA build, or a user's own GGML_NATIVE choice: untouched.
-    assert host_safe_build_env("vllm", "cpu", base, faulty) == base
-    assert host_safe_build_env("llamacpp", "cu124", base, faulty) == base
-    mine = {"CMAKE_ARGS": "-DGGML_NATIVE=ON"}
-    assert host_safe_build_env("llamacpp", "cpu", mine, faulty) == mine
+    base = {"CMAKE_ARGS": "-DGGML_NATIVE=ON"}  # a user's own choice: llama.cpp keeps it
+    assert host_build_env("llamacpp", "cpu", base) == base
+    assert host_build_env("vllm", "cpu", {"X": "1"}) == {"X": "1"}
+    assert host_build_env("not-installed", "cpu", {"X": "1"}) == {"X": "1"}

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from jsonschema import Draft202012Validator
 
+from owllm.backends import backend_names, get_backend
+from owllm.errors import UsageError
 from owllm.tools import ToolRegistry, parse_tool_call
 from owllm.tools.prompts import (
     LLAMACPP_TEMPLATE,
@@ -23,19 +25,30 @@ from pytest_owllm.strategies import valid_tool_calls
 SPECS = ToolRegistry(builtins=True).specs()
 
 
-@pytest.mark.parametrize("template", [TRANSFORMERS_TEMPLATE, VLLM_TEMPLATE, LLAMACPP_TEMPLATE])
-def test_templates_format(template: str) -> None:
+@pytest.mark.parametrize("backend", backend_names())
+def test_templates_format(backend: str) -> None:
+    template = template_for(backend)
     text = template.format(tools=render_tools(SPECS), prompt="What is 42 * 17?")
     assert "What is 42 * 17?" in text and "calculator" in text
     assert '{"tool": "<tool name>", "args": {<arguments>}, "id": "call_1"}' in text
     assert "{tools}" not in text and "{prompt}" not in text
 
 
-def test_template_for() -> None:
+def test_template_for_asks_the_backend() -> None:
+    for name in backend_names():
+        assert template_for(name) is get_backend(name).prompt_template
+    # the guide's names are the backends' own templates
     assert template_for("transformers") is TRANSFORMERS_TEMPLATE
     assert template_for("vllm") is VLLM_TEMPLATE
     assert template_for("llama.cpp") is template_for("llamacpp") is LLAMACPP_TEMPLATE
-    assert template_for("other") is TRANSFORMERS_TEMPLATE
+    assert len({template_for(n) for n in ("transformers", "vllm", "llamacpp")}) == 3
+
+
+def test_unknown_backend_is_an_error_not_a_fallback() -> None:
+    with pytest.raises(UsageError) as caught:
+        template_for("other")
+    assert "backend 'other' is not installed" in str(caught.value)
+    assert f"installed backends: {', '.join(backend_names())}" in str(caught.value)
 
 
 def test_render_tools_accepts_both_forms() -> None:
