@@ -63,11 +63,14 @@ def _model_id(args: argparse.Namespace) -> str | None:
     return check_model_id(args.model_id, f"owllm server {getattr(args, 'command', '')}".strip())
 
 
-def cmd_start(args: argparse.Namespace) -> int:
+def cmd_start(args: argparse.Namespace, restart: bool = False) -> int:
+    """``server start`` (and ``restart``): the model must be in the config."""
     _model_id(args)
     ctx = Context.from_args(args)
     ctx.config.model(args.model_id)
-    emit(ctx, _public(manager_for(ctx).start_server(args.model_id)), COLUMNS)
+    manager = manager_for(ctx)
+    start = manager.restart_server if restart else manager.start_server
+    emit(ctx, _public(start(args.model_id)), COLUMNS)
     return 0
 
 
@@ -80,11 +83,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
-    _model_id(args)
-    ctx = Context.from_args(args)
-    ctx.config.model(args.model_id)
-    emit(ctx, _public(manager_for(ctx).restart_server(args.model_id)), COLUMNS)
-    return 0
+    return cmd_start(args, restart=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -22,7 +22,6 @@ from typing import Any
 
 import jsonschema
 
-import owllm
 from owllm.backends import backend_names, get_backend
 from owllm.errors import ConfigError
 from owllm.yaml_lines import Key, display, dotted, load_validated, schema_message
@@ -259,7 +258,8 @@ def default_envs_path() -> Path:
             return Path(str(shipped))
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
         pass
-    return Path(owllm.__file__).resolve().parents[1] / "configs" / ENVS_FILENAME
+    # A checkout: <repo>/owllm/envs/spec.py → <repo>/configs/envs.yaml.
+    return Path(__file__).resolve().parents[2] / "configs" / ENVS_FILENAME
 
 
 def find_envs_config(config_path: str | Path | None = None) -> Path:

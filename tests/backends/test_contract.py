@@ -23,7 +23,8 @@ from owllm.backends import (
 from owllm.backends.llamacpp import CONVERTER
 from owllm.envs.spec import default_envs_path, load_envs_config
 from owllm.errors import ConfigError, UsageError
-from tests.backends.conftest import REPO
+
+REPO = Path(__file__).resolve().parents[2]
 
 BUILT_IN = {"transformers": "owllm.backends.transformers:TransformersBackend",
             "vllm": "owllm.backends.vllm:VllmBackend",
