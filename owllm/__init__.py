@@ -6,6 +6,7 @@ internal and may change.
 
 from __future__ import annotations
 
+from owllm._smoke_results import EnvTestResult, ModelSmokeResult, ToolsSmokeResult
 from owllm._version import __version__
 from owllm.config import Config, ModelConfig, load_config
 from owllm.envs import EnvRegistry, EnvSpec
@@ -24,7 +25,6 @@ from owllm.errors import (
 from owllm.paths import Home, resolve_home
 from owllm.servers import LLMServerManager, get_llm_server_manager
 from owllm.smoke import env_test, model_smoke, serving, tools_smoke
-from owllm.smoke_results import EnvTestResult, ModelSmokeResult, ToolsSmokeResult
 from owllm.state_store import StateStore, get_state_store
 
 __all__ = [

@@ -18,9 +18,9 @@ from pathlib import Path
 from filelock import Timeout
 
 from owllm._state_schema import MIGRATIONS, SCHEMA_VERSION
+from owllm._store_faults import FULL, IO, READ_ONLY, StateStoreFault, home_lock, store_fault
 from owllm.errors import StateStoreError
 from owllm.paths import PRIVATE_FILE_MODE, make_private, private_dir
-from owllm.store_faults import FULL, IO, READ_ONLY, StateStoreFault, home_lock, store_fault
 
 BUSY_TIMEOUT_MS = 60_000
 # Why a write failed, for which a read may still be served from the file as it is

@@ -22,9 +22,9 @@ from typing import Any
 
 import jsonschema
 
+from owllm._yaml_lines import Key, display, load_validated, schema_message
 from owllm.backends import backend_names, get_backend
 from owllm.errors import ConfigError, OwllmError
-from owllm.yaml_lines import Key, display, load_validated, schema_message
 
 DEMO_SCHEME = "demo://"
 

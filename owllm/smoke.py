@@ -1,5 +1,5 @@
 """The checks the guide names: ``env_test``, ``model_smoke`` and ``tools_smoke``.  Each
-returns a result dataclass (:mod:`owllm.smoke_results`) whose ``to_dict()`` is the guide's
+returns a result dataclass (:mod:`owllm._smoke_results`) whose ``to_dict()`` is the guide's
 JSON; the CLI prints that and the pytest suites assert on it, so both share one
 implementation.
 """
@@ -16,19 +16,19 @@ from typing import Any
 import httpx
 
 from owllm import httpclient
-from owllm.backends import get_backend
-from owllm.envs import EnvRegistry
-from owllm.errors import EnvError, OwllmError
-from owllm.servers.manager import LLMServerManager, probe_health
-from owllm.servers.ports import LIVE_STATUSES
-from owllm.servers.reaper import owned_servers, start_owned_tool_server
-from owllm.smoke_results import (
+from owllm._smoke_results import (
     PASS,
     EnvTestResult,
     ModelSmokeResult,
     ToolsSmokeResult,
     error_entry,
 )
+from owllm.backends import get_backend
+from owllm.envs import EnvRegistry
+from owllm.errors import EnvError, OwllmError
+from owllm.servers.manager import LLMServerManager, probe_health
+from owllm.servers.ports import LIVE_STATUSES
+from owllm.servers.reaper import owned_servers, start_owned_tool_server
 
 SMOKE_PROMPT = "Say hello in one short sentence."
 

@@ -28,23 +28,23 @@ LIMIT_PHRASE = f"{MAX_FUNCTION_LINES} lines"
 
 # Module-name prefixes and their layer; the longest matching prefix wins.
 LAYERS: dict[str, int] = {
-    "owllm.errors": 0, "owllm._errors": 0,
-    "owllm.paths": 0, "owllm._paths": 0,
-    "owllm.yaml_lines": 0, "owllm._yaml_lines": 0,
-    "owllm.progress": 0, "owllm._progress": 0,
-    "owllm.httpclient": 0, "owllm._httpclient": 0,
-    "owllm.cpu_probe": 0, "owllm._cpu_probe": 0,
-    "owllm.hardware": 0, "owllm._hardware": 0,
+    "owllm.errors": 0,
+    "owllm.paths": 0,
+    "owllm._yaml_lines": 0,
+    "owllm._progress": 0,
+    "owllm.httpclient": 0,
+    "owllm._cpu_probe": 0,
+    "owllm.hardware": 0,
     "owllm.schemas": 0,
     "owllm._version": 0,
     "owllm.backends": 0,  # the package itself: the contract and the registry
     "owllm.config": 1,
-    "owllm.store_faults": 2, "owllm._store_faults": 2,
+    "owllm._store_faults": 2,
     "owllm.state_store": 2, "owllm._state_db": 2, "owllm._state_schema": 2,
     "owllm.envs": 3,
     "owllm.servers": 4,
     "owllm.backends.": 4,  # implementations
-    "owllm.smoke": 5, "owllm.smoke_results": 5,
+    "owllm.smoke": 5, "owllm._smoke_results": 5,
     "owllm.tools": 5,
     "owllm.cli": 6,
     "owllm.__main__": 6,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from owllm import cpu_probe
+from owllm import _cpu_probe as cpu_probe
 
 x86 = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                          reason="the probes are x86-64 machine code")

@@ -1,4 +1,4 @@
-"""owllm.progress with real threads and real streams: heartbeat lines on a file, a live
+"""owllm._progress with real threads and real streams: heartbeat lines on a file, a live
 spinner on a pseudo-terminal, nesting, failure and interrupt lines, and no thread left."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TextIO
 
 import pytest
 
-from owllm import progress
+from owllm import _progress as progress
 
 HEARTBEAT = re.compile(r"^owllm: (?P<indent> *)(?P<text>.+): still running, (?P<s>[\d.]+)s")
 

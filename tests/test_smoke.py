@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from owllm._smoke_results import EnvTestResult, ModelSmokeResult, ToolsSmokeResult, error_entry
 from owllm.errors import ServerDied, ServerError
 from owllm.servers.manager import LLMServerManager
 from owllm.smoke import model_smoke, serving
-from owllm.smoke_results import EnvTestResult, ModelSmokeResult, ToolsSmokeResult, error_entry
 from tests.procs import gone
 from tests.servers.conftest import manager, stub_backend
 

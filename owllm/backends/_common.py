@@ -10,7 +10,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from owllm import progress
+from owllm import _progress as progress
 from owllm.backends import BackendContext
 from owllm.config import DEMO_SCHEME, ModelConfig
 from owllm.envs.runner import run_in_env

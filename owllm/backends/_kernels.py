@@ -6,7 +6,7 @@ AMX tiles; llama.cpp's extra buffer types use AMX int8 or repacked layouts) make
 
 1. a decision recorded for this env on this host wins (the StateStore env row, see
    :meth:`~owllm.state_store.StateStore.env_decision`);
-2. else the instruction probe (:mod:`owllm.cpu_probe`) decides: the fast value when every
+2. else the instruction probe (:mod:`owllm._cpu_probe`) decides: the fast value when every
    feature it needs executes here, the safe value otherwise;
 3. when a server started with the fast value dies of a CPU fault (SIGILL, SIGSEGV, SIGBUS)
    before it is ready, the manager records the safe value with the reason and starts it
@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from owllm import cpu_probe
+from owllm import _cpu_probe as cpu_probe
 
 if TYPE_CHECKING:
     from owllm.backends import BackendContext

@@ -18,7 +18,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from owllm import cpu_probe, progress
+from owllm import _cpu_probe as cpu_probe
+from owllm import _progress as progress
 from owllm.backends import (
     TOOL_CALL_RULES,
     BackendContext,
@@ -229,7 +230,7 @@ GGML_ISA = (("sse4_2", "SSE42"), ("avx", "AVX"), ("avx2", "AVX2"), ("bmi2", "BMI
 def host_safe_build_env(cuda: str, build_env: dict[str, str],
                         report: cpu_probe.IsaReport | None = None) -> dict[str, str]:
     """llama.cpp's CPU build for this host: native (``-march=native``) unless the CPU lists
-    an instruction set it cannot run (probed, :mod:`owllm.cpu_probe`); then a build with
+    an instruction set it cannot run (probed, :mod:`owllm._cpu_probe`); then a build with
     ``GGML_NATIVE=OFF`` and one option per instruction set that does run.  The build
     settings are part of the env's fingerprint and of the wheelhouse key, so such a host
     gets its own wheel."""

@@ -19,11 +19,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from owllm._yaml_lines import display
 from owllm.config import Config, load_config
 from owllm.errors import ConfigError, UsageError
 from owllm.paths import Home, resolve_config_path, resolve_home
 from owllm.state_store import StateStore
-from owllm.yaml_lines import display
 
 
 @dataclass

@@ -31,7 +31,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from owllm import progress
+from owllm import _progress as progress
 from owllm.config import Config, ModelConfig, load_config
 from owllm.envs import layout
 from owllm.envs.installer import (
@@ -99,7 +99,7 @@ def _crash_point(name: str) -> None:
 class EnvRegistry:
     """Shared envs of one home: resolve keys, provision, probe, list.
 
-    ``progress``: builds, probes and waits report on stderr (:mod:`owllm.progress`); False
+    ``progress``: builds, probes and waits report on stderr (:mod:`owllm._progress`); False
     silences them and what they nest, None leaves it to ``progress.default_enabled()``.
     """
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import jsonschema
 
+from owllm._yaml_lines import Key, display, dotted, load_validated, schema_message
 from owllm.backends import backend_names, get_backend
 from owllm.errors import ConfigError
-from owllm.yaml_lines import Key, display, dotted, load_validated, schema_message
 
 ENVS_FILENAME = "envs.yaml"
 _HINT = "fix the file, or delete it to use OWLLM's default envs.yaml"

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from owllm import httpclient, progress
+from owllm import _progress as progress
+from owllm import httpclient
+from owllm._store_faults import home_lock
 from owllm.backends import BackendContext, LaunchSpec, get_backend
 from owllm.backends._kernels import CPU_FAULT_SIGNALS, KernelChoice, record_fallback
 from owllm.config import Config, ModelConfig, load_config
@@ -30,7 +32,6 @@ from owllm.servers.ports import choose_port
 from owllm.servers.process import probe_health, tail
 from owllm.servers.supervisor import Supervisor
 from owllm.state_store import LIVE_STATUSES, MODEL_KIND, ServerStatus, StateStore, now_iso
-from owllm.store_faults import home_lock
 
 if TYPE_CHECKING:
     import subprocess

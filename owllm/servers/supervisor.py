@@ -23,6 +23,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from owllm._store_faults import FULL, READ_ONLY, StateStoreFault, home_lock
 from owllm.errors import OwllmError, ServerError, StateStoreError
 from owllm.paths import Home
 from owllm.servers.executor import Executor
@@ -42,7 +43,6 @@ from owllm.state_store import (
     StateStore,
     now_iso,
 )
-from owllm.store_faults import FULL, READ_ONLY, StateStoreFault, home_lock
 
 # A live server of ours whose /health was too slow once is waited for, not replaced (under
 # load one probe's 2 s is not enough): its /health is asked again, each time for up to

@@ -32,7 +32,7 @@ them.  So only serving imports (:func:`load_tools_config`, :func:`tools_from_con
 the tool server calls); validating a file or a config reads the specs from the file alone
 (:func:`load_tools_specs`, :func:`specs_from_config`: nothing imported, ``sys.path``
 untouched).  Tools files are read with the same bounded loader as every config
-(:mod:`owllm.yaml_lines`).
+(:mod:`owllm._yaml_lines`).
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from owllm._yaml_lines import load_yaml
 from owllm.errors import ConfigError
 from owllm.tools.builtins import builtin_tools
 from owllm.tools.errors import ToolSpecError
 from owllm.tools.specs import ToolSet, compile_tools, normalize_spec
 from owllm.tools.tool import Tool, tool
-from owllm.yaml_lines import load_yaml
 
 if TYPE_CHECKING:
     from owllm.config import Config

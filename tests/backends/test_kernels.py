@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from owllm._cpu_probe import FEATURES, host_id
 from owllm.backends import BackendContext
 from owllm.backends._kernels import _probe, record_fallback
 from owllm.backends.llamacpp import extra_buffers_choice
 from owllm.backends.vllm import dtype_choice
 from owllm.config import ModelConfig
-from owllm.cpu_probe import FEATURES, host_id
 from owllm.envs import EnvSpec
 from owllm.paths import Home
 from owllm.state_store import StateStore
@@ -86,8 +86,8 @@ def test_recorded_fallback_wins_until_the_env_changes(tmp_path: Path) -> None:
 
 
 def test_llamacpp_builds_natively_unless_the_cpu_lists_what_it_cannot_run() -> None:
+    from owllm._cpu_probe import IsaReport, cpu_flags
     from owllm.backends.llamacpp import host_safe_build_env
-    from owllm.cpu_probe import IsaReport, cpu_flags
 
     base = {"CMAKE_ARGS": "-DLLAVA_BUILD=OFF"}
     healthy = IsaReport(host="h", results={"avx512_bf16": "ok", "amx_tile": "absent"})

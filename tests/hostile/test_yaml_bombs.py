@@ -2,7 +2,7 @@
 (issue 13).  A 587-byte billion-laughs config made ``owllm --config F models`` run 25 s and
 reach 3.1 GB before a MemoryError traceback (the line-number walker visited every alias
 expansion); a self-referencing alias and 5000-deep nesting ended in RecursionError
-tracebacks.  Every YAML OWLLM reads goes through one bounded loader (``owllm.yaml_lines``),
+tracebacks.  Every YAML OWLLM reads goes through one bounded loader (``owllm._yaml_lines``),
 so each fault is tried on each kind of file, through the real CLI, under a memory cap and a
 clock: exit 2 within seconds, the file and line named, no traceback."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from owllm import yaml_lines
+from owllm import _yaml_lines as yaml_lines
 from tests.hostile.cli import assert_clean_error, cli_env, owllm
 
 MEMORY = 1 << 30  # the CLI needs ~60 MB; the unbounded walker went past 3 GB

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from owllm._cpu_probe import host_id
 from owllm.backends import Capabilities, LaunchSpec
 from owllm.backends._kernels import KernelChoice, choose
-from owllm.cpu_probe import host_id
 from owllm.errors import ServerDied
 from owllm.servers.diagnose import diagnose, signal_name
 from owllm.servers.manager import LLMServerManager

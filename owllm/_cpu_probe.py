@@ -11,7 +11,7 @@ it is reported ``absent``.
 Results are cached per host (CPU model, flags, kernel release) under the home's cache, so a
 host is probed once; ``probe_host(refresh=True)`` probes again.
 
-Run ``python -m owllm.cpu_probe`` to see the report; ``--run FEATURE`` is the child side.
+Run ``python -m owllm._cpu_probe`` to see the report; ``--run FEATURE`` is the child side.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def run_feature(feature: str, *, force: bool = False, timeout: float = PROBE_TIM
         return ABSENT
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "owllm.cpu_probe", "--run", feature]
+            [sys.executable, "-m", "owllm._cpu_probe", "--run", feature]
             + (["--force"] if force else []),
             capture_output=True, timeout=timeout, check=False,
             env={**os.environ, "PYTHONFAULTHANDLER": ""})
