@@ -38,6 +38,13 @@ from tests.procs import gone
 from tests.servers.conftest import StubBackend, make_config, make_manager
 
 
+def _ctrl_c_works() -> None:
+    """In the child: SIGINT back to its default.  A test run started in the background by a
+    shell (``pytest ... &``) ignores SIGINT, children inherit that, and a Ctrl-C test
+    would then wait for an interrupt that is never delivered."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for_pid(db: Path, kind: str, timeout: float = 60) -> dict[str, Any]:
     """The first server row of ``kind`` that records a pid (the launch happened)."""
     deadline = time.monotonic() + timeout
@@ -80,7 +87,8 @@ def test_ctrl_c_during_tools_serve_kills_the_tool_server(tmp_path: Path, tmp_hom
                       "      type: object\n      properties: {}\n")
     cli = subprocess.Popen([sys.executable, "-m", "owllm", "--home", str(tmp_home), "--config",
                             str(config), "tools", "serve", "--port", "0", "--json"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=_ctrl_c_works)
     pid = None
     try:
         row = wait_for_pid(tmp_home / ".owllm" / "state.db", "tools")
@@ -118,7 +126,7 @@ def test_ctrl_c_during_server_start_kills_the_model_server(tmp_path: Path,
                       '["--mode", "slow", "--delay", "60"]}\n')
     script = START_SCRIPT.format(root=str(ROOT), config=str(config))
     starter = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_works)
     pid = None
     try:
         row = wait_for_pid(tmp_home / ".owllm" / "state.db", "model")
