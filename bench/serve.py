@@ -12,7 +12,7 @@
 ``--json`` prints one object with ``server_over_engine``, ``start_over_bare`` and
 ``constrained_over_free``.
 
-    python bench/serve.py [--tokens 64] [--repeats 3] [--model-dir DIR] [--json]
+    python bench/serve.py [--tokens 64] [--repeats 3] [--model-dir DIR] [--env-key KEY] [--json]
 """
 
 from __future__ import annotations
@@ -95,11 +95,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--home", default=str(Path.home() / ".cache" / "owllm-tests" / "home"))
+    parser.add_argument("--env-key", default="torch-cpu-transformers",
+                        help="the env to run in (the tests' cache holds "
+                             "torch-cpu-transformers-bnb-peft)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args()
     if args.tokens < 1 or args.repeats < 1:
         parser.error("--tokens and --repeats must be >= 1")
-    python = str(EnvRegistry(home=args.home).ensure_env("torch-cpu-transformers")
+    python = str(EnvRegistry(home=args.home).ensure_env(args.env_key)
                  .python_executable)
     with tempfile.TemporaryDirectory(prefix="owllm-bench-") as tmp:
         work = Path(tmp)

@@ -211,6 +211,8 @@ def loads_strict(text: str | bytes, *, max_size: int = MAX_TEXT_CHARS,
 
 
 def _toolset(tools: ToolsArg) -> ToolSet:
+    if type(tools) is list or type(tools) is tuple:  # the default path first: no hasattr miss
+        return toolset_for(tools)
     if isinstance(tools, ToolSet):
         return tools
     if tools is None:

@@ -192,8 +192,9 @@ def toolset_for(tools: Iterable[Any]) -> ToolSet:
     of its content: passed again unchanged it costs one C-level comparison; changed in place,
     the comparison fails and the specs are compiled (or found) by their canonical JSON."""
     if type(tools) in (list, tuple):
-        with _CACHE_LOCK:
-            entry = _BY_IDENTITY.get(id(tools))
+        # No lock for the read: one C-level get is atomic under the GIL, and a stale miss
+        # only costs a lookup by canonical JSON.
+        entry = _BY_IDENTITY.get(id(tools))
         # The entry holds the object itself, so its id cannot be reused while remembered.
         # Snapshot on the left: _Exact.__eq__ runs directly, not after int.__eq__ declines.
         if entry is not None and entry[0] is tools and entry[1] == tools:
