@@ -215,7 +215,6 @@ class Engine:
             if matcher is not None else None
         ids = torch.tensor([prompt_ids], device=self.device)
         past = None
-        out_ids: list[int] = []
         emitted = ""
         decoder = TailDecoder(functools.partial(self.tokenizer.decode, skip_special_tokens=True),
                               self.byte_tokens)
@@ -230,12 +229,7 @@ class Engine:
                     if matcher.is_stopped():
                         yield "", step, "stop"
                         return
-                    llt.fill_next_token_bitmask(matcher, bitmask, 0)
-                    vocab = self.ll_tokenizer.vocab_size
-                    masked = logits[:vocab].unsqueeze(0)
-                    llt.apply_token_bitmask_inplace(masked, bitmask)
-                    logits = torch.full_like(logits, float("-inf"))
-                    logits[:vocab] = masked[0]
+                    logits = self._masked(logits, matcher, bitmask)
                 token = None
                 if matcher is not None and max_tokens - step <= reserve:
                     token = self._closing_token(bitmask, decoder.full_text(), eos)
@@ -246,25 +240,36 @@ class Engine:
                 if token == eos:
                     yield "", step, "stop"
                     return
-                out_ids.append(token)
                 seen = len(decoder.text)  # settled text, searched for stops already
                 decoder.add(token)
                 text = decoder.full_text()  # as a full decode: a partial char as U+FFFD
                 cut = first_stop(text, stops, seen)
                 if cut is not None:
-                    yield text[len(emitted):cut], len(out_ids), "stop"
+                    yield text[len(emitted):cut], len(decoder.ids), "stop"
                     return
                 # emit settled text only (a byte token's group may still change what follows),
                 # less its end where that may still begin a stop string
                 safe = safe_prefix(decoder.text, stops)
                 if len(safe) > len(emitted):
-                    yield safe[len(emitted):], len(out_ids), None
+                    yield safe[len(emitted):], len(decoder.ids), None
                     emitted = safe
                 if matcher is not None and matcher.is_stopped():
-                    yield text[len(emitted):], len(out_ids), "stop"
+                    yield text[len(emitted):], len(decoder.ids), "stop"
                     return
                 ids = torch.tensor([[token]], device=self.device)
-        yield decoder.full_text()[len(emitted):], len(out_ids), "length"
+        yield decoder.full_text()[len(emitted):], len(decoder.ids), "length"
+
+    def _masked(self, logits: torch.Tensor, matcher: Any, bitmask: torch.Tensor) -> torch.Tensor:
+        """The logits with every token the grammar forbids next at -inf."""
+        import llguidance.torch as llt
+
+        llt.fill_next_token_bitmask(matcher, bitmask, 0)
+        vocab = self.ll_tokenizer.vocab_size
+        masked = logits[:vocab].unsqueeze(0)
+        llt.apply_token_bitmask_inplace(masked, bitmask)
+        logits = torch.full_like(logits, float("-inf"))
+        logits[:vocab] = masked[0]
+        return logits
 
     def _closing_token(self, bitmask: torch.Tensor, text: str, eos: int) -> int | None:
         """Near the end of the budget, steer a constrained output to its shortest end.
