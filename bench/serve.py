@@ -4,11 +4,15 @@
   against a bare script that imports torch + transformers, loads the same model and runs one
   forward pass;
 * tokens/s: greedy ``/v1/completions`` through HTTP against in-process ``model.generate`` with
-  the same prompt, token budget and greedy decoding;
+  the same prompt, token budget, greedy decoding, warm-up and token counting: both sides come
+  from ``bench/_measure.py``, which ``bench/backends.py`` shares;
 * constrained decoding: seconds per token with a ``json_schema`` response format against free
   decoding, both through the server.
 
-    python bench/serve.py [--tokens 64] [--repeats 3] [--model-dir DIR]
+``--json`` prints one object with ``server_over_engine``, ``start_over_bare`` and
+``constrained_over_free``.
+
+    python bench/serve.py [--tokens 64] [--repeats 3] [--model-dir DIR] [--env-key KEY] [--json]
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
+from _measure import PROMPT, completion_body, engine_rate, server_rate
 
 from owllm.envs import EnvRegistry
 from owllm.envs.runner import inenv_argv, run_in_env
@@ -42,22 +46,6 @@ model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=tor
 with torch.inference_mode():
     model(**tok("Hello", return_tensors="pt"))
 """
-
-BARE_GENERATE = """
-import json, sys, time, torch, transformers
-path, prompt, n, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-tok = transformers.AutoTokenizer.from_pretrained(path)
-model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-ids = tok(prompt, return_tensors="pt")
-model.generate(**ids, max_new_tokens=2, do_sample=False)
-rates = []
-for _ in range(repeats):
-    start = time.perf_counter()
-    out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
-    rates.append((out.shape[1] - ids["input_ids"].shape[1]) / (time.perf_counter() - start))
-print(json.dumps({"rates": rates}))
-"""
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -101,31 +89,26 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def per_token(url: str, body: dict[str, Any], repeats: int) -> tuple[float, int]:
-    """Median seconds per completion token of `repeats` identical requests."""
-    times, tokens = [], 0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        response = httpx.post(url, json=body, timeout=300).json()
-        tokens = response["usage"]["completion_tokens"]
-        times.append((time.perf_counter() - start) / max(tokens, 1))
-    return statistics.median(times), tokens
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--home", default=str(Path.home() / ".cache" / "owllm-tests" / "home"))
+    parser.add_argument("--env-key", default="torch-cpu-transformers",
+                        help="the env to run in (the tests' cache holds "
+                             "torch-cpu-transformers-bnb-peft)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args()
-    python = str(EnvRegistry(home=args.home).ensure_env("torch-cpu-transformers")
+    if args.tokens < 1 or args.repeats < 1:
+        parser.error("--tokens and --repeats must be >= 1")
+    python = str(EnvRegistry(home=args.home).ensure_env(args.env_key)
                  .python_executable)
     with tempfile.TemporaryDirectory(prefix="owllm-bench-") as tmp:
         work = Path(tmp)
         model_dir = args.model_dir or work / "model"
         run_in_env(python, "demo_model", ["--out", str(model_dir)])
-        prompt = "Once upon a time"
+        prompt = PROMPT
 
         loads = []
         for _ in range(args.repeats):
@@ -133,10 +116,8 @@ def main() -> None:
             subprocess.run([python, "-c", BARE_LOAD, str(model_dir)], check=True,
                            capture_output=True)
             loads.append(time.perf_counter() - start)
-        bare = subprocess.run([python, "-c", BARE_GENERATE, str(model_dir), prompt,
-                               str(args.tokens), str(args.repeats)], check=True,
-                              capture_output=True, text=True)
-        bare_rate = statistics.median(json.loads(bare.stdout.strip().splitlines()[-1])["rates"])
+        bare_rate, bare_tokens = engine_rate("transformers", python, str(model_dir),
+                                             args.tokens, args.repeats, work)
 
         readies = []
         for _ in range(args.repeats - 1):
@@ -146,27 +127,39 @@ def main() -> None:
         process, url, ready = start_server(python, model_dir, work)
         readies.append(ready)
         try:
-            free_body = {"prompt": prompt, "max_tokens": args.tokens, "temperature": 0}
-            free, free_tokens = per_token(url + "/v1/completions", free_body, args.repeats)
+            served, free_tokens = server_rate(
+                url, completion_body("transformers", "bench", args.tokens), args.repeats)
             schema_body = {"messages": [{"role": "user", "content": prompt}],
                            "max_tokens": args.tokens, "temperature": 0,
                            "response_format": {"type": "json_schema", "json_schema": {
                                "name": "b", "schema": SCHEMA}}}
             plain_body = {k: v for k, v in schema_body.items() if k != "response_format"}
-            chat_free, _ = per_token(url + "/v1/chat/completions", plain_body, args.repeats)
-            constrained, c_tokens = per_token(url + "/v1/chat/completions", schema_body,
-                                              args.repeats)
+            chat = "/v1/chat/completions"  # seconds per token: the inverse of the rate
+            free_rate, free_chat_tokens = server_rate(url, plain_body, args.repeats, chat)
+            chat_free = 1.0 / free_rate
+            c_rate, c_tokens = server_rate(url, schema_body, args.repeats, chat)
+            constrained = 1.0 / c_rate
         finally:
             stop(process)
 
-    server_rate = 1.0 / free
     load, ready = statistics.median(loads), statistics.median(readies)
+    if args.json:
+        print(json.dumps({
+            "server_over_engine": served / bare_rate, "start_over_bare": ready / load,
+            "constrained_over_free": constrained / chat_free, "server_tok_s": served,
+            "engine_tok_s": bare_rate, "server_tokens": free_tokens, "engine_tokens": bare_tokens,
+            "ready_s": ready, "bare_load_s": load, "constrained_ms_per_token": constrained * 1000,
+            "free_ms_per_token": chat_free * 1000, "constrained_tokens": c_tokens,
+            "free_chat_tokens": free_chat_tokens}))
+        return
     print(f"start-to-healthy   server {ready:7.2f} s   bare load+forward {load:7.2f} s   "
           f"ratio {ready / load:5.2f}x")
-    print(f"tokens/s           server {server_rate:7.1f}     in-process generate {bare_rate:7.1f}"
-          f"     ratio {server_rate / bare_rate:5.2f}x  ({free_tokens} tokens, HTTP included)")
+    print(f"tokens/s           server {served:7.1f}     in-process generate "
+          f"{bare_rate:7.1f}     ratio {served / bare_rate:5.2f}x  "
+          f"({free_tokens}/{bare_tokens} tokens, HTTP included)")
     print(f"s/token            constrained {constrained * 1000:6.2f} ms ({c_tokens} tokens)   "
-          f"free {chat_free * 1000:6.2f} ms   ratio {constrained / chat_free:5.2f}x")
+          f"free {chat_free * 1000:6.2f} ms ({free_chat_tokens} tokens)   "
+          f"ratio {constrained / chat_free:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """Wall time of the model suites for three tiny models, serial (-n 0) against -n 2, with the
 number of server starts each run made (from the StateStore's events).
 
-Run: python bench/suite.py   (builds the env and the demo model once, in a temp home)
+Run: python bench/suite.py [--json]   (builds the env and the demo model once, in a temp home)
+
+``--json`` prints one object with ``n2_over_n0`` (-n 2 wall over -n 0 wall) and the starts.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -46,6 +50,11 @@ def run(project: Path, home: Path, workers: int) -> tuple[float, int, int]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    args = parser.parse_args()
+    # Progress goes to stderr under --json so stdout holds only the object.
+    out = sys.stderr if args.json else sys.stdout
     with tempfile.TemporaryDirectory() as tmp:
         project, home = Path(tmp) / "project", Path(tmp) / "home"
         (project / "configs").mkdir(parents=True)
@@ -53,9 +62,15 @@ def main() -> None:
         shutil.copytree(REPO / "model_suites", project / "model_suites")
         home.mkdir()
         warm = run(project, home, 0)  # builds the env and the demo model once
-        print(f"warm-up (env + demo model build): {warm[0]:.1f}s, exit {warm[2]}")
+        print(f"warm-up (env + demo model build): {warm[0]:.1f}s, exit {warm[2]}", file=out)
         serial = run(project, home, 0)
         parallel = run(project, home, 2)
+        if args.json:
+            print(json.dumps({"n2_over_n0": parallel[0] / serial[0], "n0_s": serial[0],
+                              "n2_s": parallel[0], "n0_starts": serial[1],
+                              "n2_starts": parallel[1], "n0_exit": serial[2],
+                              "n2_exit": parallel[2], "warmup_s": warm[0]}))
+            return
         print(f"-n 0: {serial[0]:6.1f}s  server starts {serial[1]}  exit {serial[2]}")
         print(f"-n 2: {parallel[0]:6.1f}s  server starts {parallel[1]}  exit {parallel[2]}")
         print(f"ratio -n 2 / -n 0 wall time: {parallel[0] / serial[0]:.2f}")

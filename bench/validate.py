@@ -8,7 +8,10 @@ Ours: ``parse_tool_call(text, specs)`` (the list of specs, looked up in the cach
 ``parse_tool_call(text, toolset)`` (pre-compiled).  Ours also does strictly more: duplicate
 keys, NaN, size and depth limits, typed errors with paths.
 
-    python bench/validate.py [--seconds 1.0]
+``default_over_jsonschema`` (the issue's figure): the default API, ``parse_tool_call(text,
+specs)``, over the cached jsonschema validator.
+
+    python bench/validate.py [--seconds 1.0] [--json]
 """
 
 from __future__ import annotations
@@ -59,7 +62,10 @@ def rate(func: Callable[[str], Any], texts: list[str], seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="per measurement")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args()
+    if not args.seconds > 0:
+        parser.error(f"--seconds must be > 0, got {args.seconds}")
     specs = [*ToolRegistry(builtins=True).specs(), WEATHER]
     toolset = compile_tools(specs)
     schema = tool_call_response_schema(specs)
@@ -94,6 +100,13 @@ def main() -> None:
     ]}
     fresh = results["jsonschema fresh validator per call"]
     cached_rate = results["jsonschema cached validator"]
+    if args.json:
+        print(json.dumps({
+            "default_over_jsonschema": results["parse_tool_call(text, specs)"] / cached_rate,
+            "toolset_over_jsonschema": results["parse_tool_call(text, toolset)"] / cached_rate,
+            "default_over_fresh": results["parse_tool_call(text, specs)"] / fresh,
+            "calls_per_s": results, "calls": len(texts), "seconds": args.seconds}))
+        return
     print(f"{len(texts)} calls ({sum(1 for t in texts if 'call_5' in t or 'call_6' in t)} "
           f"invalid), {args.seconds:g} s per measurement")
     for name, value in results.items():

@@ -8,9 +8,11 @@ Standard library only, so it is unit-testable without torch (on the host it impo
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 MAX_STOP = 4
@@ -151,19 +153,76 @@ def tool_call_schema(tools: list[dict[str, Any]], choice: Any) -> dict[str, Any]
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def first_stop(text: str, stops: list[str]) -> int | None:
-    hits = [text.find(s) for s in stops if s and s in text]
+def first_stop(text: str, stops: list[str], seen: int = 0) -> int | None:
+    """Index of the earliest stop string in ``text``, or None.  ``seen``: a prefix length
+    known to hold no stop (checked at the previous token), so only the tail a new stop can
+    start in is searched, ``len(stop) - 1`` characters of overlap included (issue #18: the
+    server searched the whole output at every token)."""
+    hits = [i for s in stops if s and (i := text.find(s, max(0, seen - len(s) + 1))) >= 0]
     return min(hits) if hits else None
+
+
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def byte_tokens(vocab: dict[str, int]) -> frozenset[int]:
+    """The byte-fallback tokens (``<0x0A>``…) of a tokenizer's vocabulary."""
+    return frozenset(i for piece, i in vocab.items() if _BYTE_PIECE.fullmatch(piece))
+
+
+@dataclass
+class TailDecoder:
+    """Text of a growing token list, decoding only its new tail at each token.
+
+    Re-decoding the whole output per token costs O(n) per token, O(n²) per answer.  Here each
+    token decodes a small window: the tokens since the last text was produced plus the one
+    before them (the detokenizer method of TGI and vLLM).  The window keeps what depends on
+    the left neighbour right (SentencePiece drops a leading space only at the very start), and
+    a token that ends in half a UTF-8 character (byte fallback decodes it to U+FFFD) waits in
+    the window for its next byte.  ``text`` only grows; ``full_text()`` adds what still waits.
+    ``hold``: tokens after which text never settles, because a decoder may still rewrite
+    them: SentencePiece byte-fallback tokens (``<0x64>``) decode as one group with the byte
+    tokens around them, and an invalid group turns every byte, an ASCII ``d`` included, into
+    U+FFFD (see :func:`byte_tokens`).  The one thing it cannot follow is a decoder that
+    rewrites text across the window's left edge (``clean_up_tokenization_spaces`` turning
+    " ." into "."); Llama-family tokenizers leave that off.
+    """
+
+    decode: Callable[[list[int]], str]
+    hold: frozenset[int] = frozenset()
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    _prefix: int = 0  # first token of the window
+    _read: int = 0  # tokens up to here are in ``text``
+
+    def add(self, token: int) -> str:
+        """Append a token; return the text it completed (may be empty while it waits)."""
+        self.ids.append(token)
+        head = self.decode(self.ids[self._prefix:self._read])
+        window = self.decode(self.ids[self._prefix:])
+        if len(window) <= len(head) or window.endswith("\ufffd") or token in self.hold:
+            return ""
+        delta = window[len(head):]
+        self.text += delta
+        self._prefix, self._read = self._read, len(self.ids)
+        return delta
+
+    def full_text(self) -> str:
+        """``text`` plus what still waits (a trailing partial character decodes as U+FFFD)."""
+        if self._read == len(self.ids):
+            return self.text
+        head = self.decode(self.ids[self._prefix:self._read])
+        return self.text + self.decode(self.ids[self._prefix:])[len(head):]
 
 
 def safe_prefix(text: str, stops: list[str]) -> str:
     if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
         text = text.rstrip("\ufffd")
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:k]):
-                return text[:-k]
-    return text
+    # The longest end that begins any stop: the first stop's match alone could let through
+    # the start of another ("id" ends "...id" for stop "idaz"; stop "dazol" holds only "d").
+    hold = max((k for stop in stops for k in range(min(len(stop) - 1, len(text)), 0, -1)
+                if text.endswith(stop[:k])), default=0)
+    return text[:len(text) - hold]
 
 
 def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:

@@ -31,6 +31,8 @@ import torch
 
 from .openai_helpers import (
     ApiError,
+    TailDecoder,
+    byte_tokens,
     closer_tokens,
     content_text,
     first_stop,
@@ -51,6 +53,7 @@ class Engine:
     closers: tuple[list[int], list[int]] = ([], [])  # (inside a string, outside one)
     device: str = "cpu"
     longest_token: int = 1  # characters of the longest vocabulary entry (prompt_char_limit)
+    byte_tokens: frozenset[int] = frozenset()  # byte-fallback tokens (TailDecoder.hold)
     ready: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -92,6 +95,7 @@ class Engine:
         # Raw vocabulary strings are at least as long as the text they decode to (byte
         # tokens such as <0x0A> or byte-level BPE's one char per byte only overcount).
         self.longest_token = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
+        self.byte_tokens = byte_tokens(self.tokenizer.get_vocab())
         kwargs: dict[str, Any] = {"dtype": dtype}
         if cfg.get("use_4bit"):
             from transformers import BitsAndBytesConfig
@@ -211,8 +215,9 @@ class Engine:
             if matcher is not None else None
         ids = torch.tensor([prompt_ids], device=self.device)
         past = None
-        out_ids: list[int] = []
         emitted = ""
+        decoder = TailDecoder(functools.partial(self.tokenizer.decode, skip_special_tokens=True),
+                              self.byte_tokens)
         # The last tokens of a constrained budget go to closing the JSON (see _closing_token).
         reserve = min(max_tokens // 2, max(8, max_tokens // 3))
         with torch.inference_mode():
@@ -224,15 +229,10 @@ class Engine:
                     if matcher.is_stopped():
                         yield "", step, "stop"
                         return
-                    llt.fill_next_token_bitmask(matcher, bitmask, 0)
-                    vocab = self.ll_tokenizer.vocab_size
-                    masked = logits[:vocab].unsqueeze(0)
-                    llt.apply_token_bitmask_inplace(masked, bitmask)
-                    logits = torch.full_like(logits, float("-inf"))
-                    logits[:vocab] = masked[0]
+                    logits = self._masked(logits, matcher, bitmask)
                 token = None
                 if matcher is not None and max_tokens - step <= reserve:
-                    token = self._closing_token(bitmask, out_ids, eos)
+                    token = self._closing_token(bitmask, decoder.full_text(), eos)
                 if token is None:
                     token = self._sample(logits, temperature, top_p, generator)
                 if matcher is not None:
@@ -240,26 +240,38 @@ class Engine:
                 if token == eos:
                     yield "", step, "stop"
                     return
-                out_ids.append(token)
-                text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
-                cut = first_stop(text, stops)
+                seen = len(decoder.text)  # settled text, searched for stops already
+                decoder.add(token)
+                text = decoder.full_text()  # as a full decode: a partial char as U+FFFD
+                cut = first_stop(text, stops, seen)
                 if cut is not None:
-                    yield text[len(emitted):cut], len(out_ids), "stop"
+                    yield text[len(emitted):cut], len(decoder.ids), "stop"
                     return
-                # hold back text that may still become a stop string or a partial character
-                safe = safe_prefix(text, stops)
+                # emit settled text only (a byte token's group may still change what follows),
+                # less its end where that may still begin a stop string
+                safe = safe_prefix(decoder.text, stops)
                 if len(safe) > len(emitted):
-                    yield safe[len(emitted):], len(out_ids), None
+                    yield safe[len(emitted):], len(decoder.ids), None
                     emitted = safe
                 if matcher is not None and matcher.is_stopped():
-                    yield text[len(emitted):], len(out_ids), "stop"
+                    yield text[len(emitted):], len(decoder.ids), "stop"
                     return
                 ids = torch.tensor([[token]], device=self.device)
-        text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
-        yield text[len(emitted):], len(out_ids), "length"
+        yield decoder.full_text()[len(emitted):], len(decoder.ids), "length"
 
-    def _closing_token(self, bitmask: torch.Tensor, out_ids: list[int],
-                       eos: int) -> int | None:
+    def _masked(self, logits: torch.Tensor, matcher: Any, bitmask: torch.Tensor) -> torch.Tensor:
+        """The logits with every token the grammar forbids next at -inf."""
+        import llguidance.torch as llt
+
+        llt.fill_next_token_bitmask(matcher, bitmask, 0)
+        vocab = self.ll_tokenizer.vocab_size
+        masked = logits[:vocab].unsqueeze(0)
+        llt.apply_token_bitmask_inplace(masked, bitmask)
+        logits = torch.full_like(logits, float("-inf"))
+        logits[:vocab] = masked[0]
+        return logits
+
+    def _closing_token(self, bitmask: torch.Tensor, text: str, eos: int) -> int | None:
         """Near the end of the budget, steer a constrained output to its shortest end.
 
         A random (or rambling) model can stay inside a free string, key or array until
@@ -275,7 +287,7 @@ class Engine:
 
         if allowed(eos):
             return eos
-        in_string = inside_string(self.tokenizer.decode(out_ids, skip_special_tokens=True))
+        in_string = inside_string(text)  # the output so far, decoded incrementally
         for token in self.closers[0 if in_string else 1]:
             if allowed(token):
                 return token

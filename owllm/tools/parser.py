@@ -8,8 +8,10 @@ NaN/Infinity, no duplicate keys.  Each call's ``args`` are then validated agains
 stable ``code`` and the JSON ``path`` of the fault; nothing else escapes on any input text.
 
 Validators are compiled once per distinct parameters schema and cached; a list of tool specs is
-compiled once per distinct list (keyed by its ``repr``).  Pass a :class:`ToolSet` (from
-:func:`compile_tools`) to skip even that lookup.
+compiled once per distinct content (keyed by its canonical JSON), and the same list passed
+again unchanged is recognised by identity (:func:`~owllm.tools.specs.toolset_for`), so the
+default ``parse_tool_call(text, tools=[...])`` is the fast path.  A :class:`ToolSet` (from
+:func:`compile_tools`) skips even that check.
 """
 
 from __future__ import annotations
@@ -25,14 +27,12 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from owllm.tools.errors import ToolCallError
 from owllm.tools.specs import (
-    _TOOLSETS,
     FIELDS,
     ID_MAX,
     TOOL_NAME_MAX,
     TOOL_NAME_RE,
     ToolSet,
-    _cached,
-    compile_tools,
+    toolset_for,
 )
 
 MAX_TEXT_CHARS = 1 << 20  #: longest accepted call text (characters)
@@ -211,6 +211,8 @@ def loads_strict(text: str | bytes, *, max_size: int = MAX_TEXT_CHARS,
 
 
 def _toolset(tools: ToolsArg) -> ToolSet:
+    if type(tools) is list or type(tools) is tuple:  # the default path first: no hasattr miss
+        return toolset_for(tools)
     if isinstance(tools, ToolSet):
         return tools
     if tools is None:
@@ -220,9 +222,7 @@ def _toolset(tools: ToolsArg) -> ToolSet:
     if hasattr(tools, "toolset"):
         result: ToolSet = tools.toolset()
         return result
-    items = list(tools)
-    found: ToolSet = _cached(_TOOLSETS, repr(items), lambda: compile_tools(items))
-    return found
+    return toolset_for(tools)
 
 
 # -- validation -------------------------------------------------------------------------------

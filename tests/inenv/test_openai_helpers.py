@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from owllm.inenv import openai_helpers as H
 from tests.inenv.conftest import TRANSFORMERS_ENV_PACKAGES
@@ -24,6 +26,7 @@ def test_stops() -> None:
     assert H.first_stop("hello", ["x"]) is None
     assert H.safe_prefix("hello wo", ["world"]) == "hello "  # may still become the stop
     assert H.safe_prefix("abc\ufffd", []) == "abc"  # half a UTF-8 character waits
+    assert H.safe_prefix("say id", ["dazol", "idaz"]) == "say "  # the longest hold wins
 
 
 def test_parse_tool_calls() -> None:
@@ -86,3 +89,177 @@ def test_reply_shapes_bodies_and_chunks() -> None:
     assert text.body("hi", 1, "length", tools=False)["choices"][0] == {
         "index": 0, "text": "hi", "finish_reason": "length"}
     assert json.loads(text.chunk("x", None)[6:])["object"] == "text_completion"
+
+
+# -- incremental decoding and stop strings (issue #18) ---------------------------------------
+
+# A SentencePiece-like vocabulary with byte fallback: "▁" is a space, dropped at the very
+# start of a decode; <0x..> tokens are raw bytes ("€" is E2 82 AC, split over three tokens).
+# Like tokenizers' ByteFallback decoder, a run of byte tokens decodes as one group, and an
+# invalid group becomes one U+FFFD per byte: <0x64> ("d") then <0xCB> decode as two U+FFFD.
+PIECES = ["▁Hello", "▁wor", "ld", "!", "▁", "EN", "D", "<0xE2>", "<0x82>", "<0xAC>", "▁st",
+          "op", "\n", "x", "<0x64>", "<0xCB>"]
+BYTES = H.byte_tokens({piece: i for i, piece in enumerate(PIECES)})
+
+
+def sp_decode(ids: list[int]) -> str:
+    parts: list[str] = []
+    run = b""
+    for i in [*ids, None]:
+        piece = PIECES[i] if i is not None else ""
+        if i in BYTES:
+            run += bytes([int(piece[3:5], 16)])
+            continue
+        if run:
+            try:
+                parts.append(run.decode("utf-8"))
+            except UnicodeDecodeError:
+                parts.append("\ufffd" * len(run))
+            run = b""
+        parts.append(piece.replace("▁", " "))
+    text = "".join(parts)
+    return text[1:] if text.startswith(" ") else text
+
+
+def test_byte_tokens_and_their_groups() -> None:
+    assert sorted(PIECES[i] for i in BYTES) == sorted(p for p in PIECES if p.startswith("<0x"))
+    d, cb = PIECES.index("<0x64>"), PIECES.index("<0xCB>")
+    assert sp_decode([d]) == "d" and sp_decode([d, cb]) == "\ufffd\ufffd"  # the rewrite
+    decoder = H.TailDecoder(sp_decode, BYTES)
+    assert decoder.add(d) == ""  # held: the next byte may rewrite it
+    assert decoder.full_text() == "d"
+    decoder.add(cb)
+    assert decoder.full_text() == "\ufffd\ufffd"
+    assert decoder.add(PIECES.index("x")) == "\ufffd\ufffdx" == decoder.text
+
+
+def test_stop_found_when_it_spans_tokens() -> None:
+    stops = ["world!", "ENDx"]
+    tokens = [PIECES.index(p) for p in ["▁Hello", "▁wor", "ld", "!", "x"]]
+    decoder = H.TailDecoder(sp_decode, BYTES)
+    cuts = []
+    for token in tokens:
+        seen = len(decoder.text)
+        decoder.add(token)
+        cuts.append(H.first_stop(decoder.full_text(), stops, seen))
+    # Found at the token that completes it; the next search starts past it (the engine has
+    # stopped by then), so only a new stop could be reported there.
+    assert cuts == [None, None, None, len("Hello "), None]
+    assert decoder.text[:cuts[3]] == "Hello "
+    # The tail search starts len(stop) - 1 characters back: a stop ending in the new text.
+    assert H.first_stop("abcde", ["cde"], seen=4) == 2
+    assert H.first_stop("abcde", ["cde"], seen=5) is None  # all of it was searched before
+
+
+def test_half_a_character_waits_for_its_next_byte() -> None:
+    decoder = H.TailDecoder(sp_decode)  # without hold: only the U+FFFD ending makes it wait
+    deltas = [decoder.add(PIECES.index(p)) for p in ["▁Hello", "▁", "<0xE2>", "<0x82>"]]
+    assert deltas == ["Hello", " ", "", ""]
+    assert decoder.full_text() == sp_decode(decoder.ids)  # the partial char, as U+FFFD
+    assert decoder.add(PIECES.index("<0xAC>")) == "€"
+    assert decoder.text == "Hello €" == sp_decode(decoder.ids)
+
+
+def full_redecode(ids: list[int], stops: list[str]) -> tuple[str, int]:
+    """The reference: decode everything and search everything at each token (what the
+    server did before issue #18, minus its streaming)."""
+    for n in range(1, len(ids) + 1):
+        text = sp_decode(ids[:n])
+        cut = H.first_stop(text, stops)
+        if cut is not None:
+            return text[:cut], n
+    return sp_decode(ids), len(ids)
+
+
+def engine_loop(ids: list[int], stops: list[str]) -> tuple[str, int]:
+    """The stop and streaming logic of transformers_engine.Engine.generate, deltas joined."""
+    emitted, out, decoder = "", [], H.TailDecoder(sp_decode, BYTES)
+    for n, token in enumerate(ids, 1):
+        seen = len(decoder.text)
+        decoder.add(token)
+        text = decoder.full_text()
+        assert text == sp_decode(ids[:n])
+        cut = H.first_stop(text, stops, seen)
+        if cut is not None:
+            return "".join(out) + text[len(emitted):cut], n
+        safe = H.safe_prefix(decoder.text, stops)
+        if len(safe) > len(emitted):
+            out.append(safe[len(emitted):])
+            emitted = safe
+    return "".join(out) + decoder.full_text()[len(emitted):], len(ids)
+
+
+@given(st.lists(st.integers(0, len(PIECES) - 1), max_size=40),
+       st.lists(st.sampled_from(["ld!", "ENDx", "€", "o\nx", "st", "!", "\ufffd", "d"]),
+                max_size=4))
+@settings(max_examples=400, deadline=None)
+def test_incremental_decoding_and_stops_equal_the_full_redecode(ids: list[int],
+                                                                stops: list[str]) -> None:
+    """Same text, same stop found at the same token, as decoding everything per token."""
+    assert engine_loop(ids, stops) == full_redecode(ids, stops)
+
+
+REAL_TOKENIZER_CHECK = """
+import importlib.util, json, random, sys
+import transformers
+spec = importlib.util.spec_from_file_location("helpers", sys.argv[1])
+H = sys.modules["helpers"] = importlib.util.module_from_spec(spec)  # dataclasses need it
+spec.loader.exec_module(H)
+tok = transformers.AutoTokenizer.from_pretrained(sys.argv[2])
+decode = lambda ids: tok.decode(ids, skip_special_tokens=True)
+BYTES = H.byte_tokens(tok.get_vocab())
+
+def full_redecode(ids, stops):  # the reference: decode and search everything per token
+    for n in range(1, len(ids) + 1):
+        text = decode(ids[:n])
+        cut = H.first_stop(text, stops)
+        if cut is not None:
+            return text[:cut], n
+    return decode(ids), len(ids)
+
+def engine_loop(ids, stops):  # transformers_engine.Engine.generate's logic, deltas joined
+    emitted, out, decoder = "", [], H.TailDecoder(decode, BYTES)
+    for n, token in enumerate(ids, 1):
+        seen = len(decoder.text)
+        decoder.add(token)
+        text = decoder.full_text()
+        cut = H.first_stop(text, stops, seen)
+        if cut is not None:
+            return "".join(out) + text[len(emitted):cut], n
+        safe = H.safe_prefix(decoder.text, stops)
+        if len(safe) > len(emitted):
+            out.append(safe[len(emitted):])
+            emitted = safe
+    return "".join(out) + decoder.full_text()[len(emitted):], len(ids)
+
+rng = random.Random(18)
+bad, hits = [], 0
+for trial in range(300):
+    ids = [rng.randrange(len(tok)) for _ in range(rng.randrange(1, 60))]
+    # stops drawn from the output itself, so that they are found (and across tokens)
+    full = decode(ids)
+    stops = []
+    for _ in range(rng.randrange(0, 3)):
+        start = rng.randrange(max(1, len(full)))
+        stops.append(full[start:start + rng.randrange(1, 6)])
+    want, got = full_redecode(ids, stops), engine_loop(ids, stops)
+    hits += want[1] < len(ids)
+    if want != got:
+        bad.append([ids, stops, want, got])
+print(json.dumps({"bad": bad[:3], "stopped": hits, "byte_tokens": len(BYTES)}))
+"""
+
+
+def test_server_output_equals_the_full_redecode_on_the_demo_tokenizer(
+        env_python: Path, demo_model_dir: Path) -> None:
+    """The real tokenizer of the transformers server (SentencePiece, byte fallback): on random
+    token sequences, with stop strings taken from the output, the engine's text and the token
+    it stops at are those of decoding and searching the whole output at every token."""
+    done = subprocess.run([str(env_python), "-I", "-c", REAL_TOKENIZER_CHECK, H.__file__,
+                           str(demo_model_dir)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["bad"] == []
+    assert result["byte_tokens"] == 256
+    assert result["stopped"] > 30  # the stops really were exercised
