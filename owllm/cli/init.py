@@ -83,10 +83,11 @@ pytestmark = [pytest.mark.owllm_model, pytest.mark.slow]
 
 
 def test_answers_a_question(owllm_model_id: str, owllm_server: dict[str, Any]) -> None:
-    # owllm.httpclient: no proxy for loopback, the API key when the model has api_key_env
+    # owllm.httpclient: no proxy for loopback, the API key when the model has api_key_env,
+    # and the name the server knows the model by (served_model, for backend: remote)
     response = httpclient.post(owllm_server["url"] + "/v1/chat/completions", timeout=120,
                                headers=httpclient.row_headers(owllm_server), json={
-        "model": owllm_model_id, "max_tokens": 8, "temperature": 0,
+        "model": httpclient.served_model(owllm_server), "max_tokens": 8, "temperature": 0,
         "messages": [{"role": "user", "content": "Name a colour."}]})
     assert response.status_code == 200, response.text
     answer = response.json()

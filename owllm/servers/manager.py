@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from owllm import httpclient, progress
-from owllm.backends import BackendContext, LaunchSpec, get_backend
+from owllm.backends import BackendContext, LaunchSpec, get_backend, is_attached
 from owllm.backends._kernels import CPU_FAULT_SIGNALS, KernelChoice, record_fallback
 from owllm.config import Config, ModelConfig, load_config
 from owllm.envs import EnvRegistry
@@ -102,6 +102,8 @@ class LLMServerManager:
 
     def _start(self, model: ModelConfig) -> dict[str, Any]:
         backend = get_backend(model.backend)
+        if is_attached(model.backend):
+            return self._attach(model, backend)
         env = self.registry.get_env_for_model(model)
         base_dir = self.config.home_relative_base
         if model.adapter_dir and not Path(model.adapter_dir).is_absolute():
@@ -133,6 +135,29 @@ class LLMServerManager:
                 if port_retried or not _lost_port(log_path):
                     raise
             port_retried = True  # a port lost to another program between check and bind
+
+    def _attach(self, model: ModelConfig, backend: Any) -> dict[str, Any]:
+        """An endpoint OWLLM does not run (backend remote): no env, no process, no port
+        claim; the backend's readiness ladder, then a RUNNING row without a pid."""
+        self.store.upsert_model(model.model_id, model.backend, model.base_model, None,
+                                model.params())
+        cleared = {"pid": None, "pgid": None, "pid_create_time": None,
+                   "pid_start_ticks": None, "boot_id": None, "env_key": None,
+                   "log_path": None, "stopped_at": None}
+        self.supervisor.claim(MODEL_KIND, model.model_id,
+                              self.owner.claim(self.home) if self.owner else None)
+        started = time.monotonic()
+        try:
+            fields = backend.attach(model)
+        except ServerError as exc:
+            self.store.upsert_server(model.model_id, kind=MODEL_KIND,
+                                     status=ServerStatus.FAILED, last_error=exc.message,
+                                     started_at=now_iso(), **cleared)
+            raise
+        fields["extra"]["startup_s"] = round(time.monotonic() - started, 3)
+        return self.store.upsert_server(model.model_id, kind=MODEL_KIND,
+                                        status=ServerStatus.RUNNING, started_at=now_iso(),
+                                        last_error=None, **cleared, **fields) | {"healthy": True}
 
     def _claim_port(self, model: ModelConfig, env_key: str, log_path: Path) -> int:
         with home_lock(self.home.locks_dir / "ports.lock"):
