@@ -90,7 +90,10 @@ class LLMServerManager:
         def start() -> dict[str, Any]:
             # On a first run this builds the env and the weights (demo model, GGUF) too:
             # minutes, so it is a progress step.
-            with progress.step(f"starting the {model.backend} server of {model_id}",
+            what = (f"attaching to the {model.backend} endpoint of {model_id}"
+                    if is_attached(model.backend)
+                    else f"starting the {model.backend} server of {model_id}")
+            with progress.step(what,
                                enabled=getattr(self.registry, "progress", None)):
                 return self._start(model)
 

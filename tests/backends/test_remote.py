@@ -314,4 +314,5 @@ def test_builtin_suites_run_against_the_endpoint(project: Path, endpoint: Server
                  "test_greedy_answers_are_reproducible[ext]"):
         assert test in (project / "junit.xml").read_text()
     assert " failed" not in run.stdout
+    assert "the selected models are remote endpoints: no env of OWLLM's" in run.stdout  # -rs
     assert not gone(endpoint.process.pid)  # the run's end detached, nothing was killed
