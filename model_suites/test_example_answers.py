@@ -17,24 +17,25 @@ from owllm import httpclient
 pytestmark = [pytest.mark.owllm_model, pytest.mark.slow]
 
 
-def ask(server: dict[str, Any], model_id: str, prompt: str, **params: Any) -> dict[str, Any]:
+def ask(server: dict[str, Any], prompt: str, **params: Any) -> dict[str, Any]:
     response = httpclient.post(server["url"] + "/v1/chat/completions", timeout=120,
                                headers=httpclient.row_headers(server), json={
-        "model": model_id, "messages": [{"role": "user", "content": prompt}], **params})
+        "model": httpclient.served_model(server),
+        "messages": [{"role": "user", "content": prompt}], **params})
     assert response.status_code == 200, response.text
     return response.json()
 
 
 def test_greedy_answers_are_reproducible(owllm_model_id: str,
                                          owllm_server: dict[str, Any]) -> None:
-    first = ask(owllm_server, owllm_model_id, "Name a colour.", temperature=0, max_tokens=8)
-    second = ask(owllm_server, owllm_model_id, "Name a colour.", temperature=0, max_tokens=8)
+    first = ask(owllm_server, "Name a colour.", temperature=0, max_tokens=8)
+    second = ask(owllm_server, "Name a colour.", temperature=0, max_tokens=8)
     assert first["choices"][0]["message"]["content"] == \
         second["choices"][0]["message"]["content"]
 
 
 def test_max_tokens_is_respected(owllm_model_id: str, owllm_server: dict[str, Any]) -> None:
-    answer = ask(owllm_server, owllm_model_id, "Count to one hundred.", temperature=0,
+    answer = ask(owllm_server, "Count to one hundred.", temperature=0,
                  max_tokens=3)
     assert answer["usage"]["completion_tokens"] <= 3
     if answer["usage"]["completion_tokens"] == 3:

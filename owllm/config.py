@@ -60,6 +60,12 @@ class ModelConfig:
     server_args: tuple[str, ...] = ()
     # The variable that holds the server's API key (the name only: see owllm.httpclient).
     api_key_env: str | None = None
+    # backend: remote (an endpoint OWLLM attaches to, owllm/backends/remote.py); any other
+    # backend reports these as errors naming the field.
+    base_url: str | None = None
+    served_model: str | None = None
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    timeout_s: float | None = None
     line: int | None = None
 
     @property
@@ -81,6 +87,11 @@ class ModelConfig:
             "max_model_len": self.max_model_len,
             "quant": self.quant,
             "api_key_env": self.api_key_env,
+            "base_url": self.base_url,
+            "served_model": self.served_model,
+            # Names only: a header's value may be a credential.
+            "headers": sorted(self.headers),
+            "timeout_s": self.timeout_s,
             "generation": {
                 "max_tokens": self.generation.max_tokens,
                 "temperature": self.generation.temperature,
@@ -211,4 +222,7 @@ def _model(model_id: str, entry: Mapping[str, Any], line: int | None) -> ModelCo
     values["generation"] = GenerationDefaults(**values.get("generation", {}))
     values["requirements"] = tuple(values.get("requirements", ()))
     values["server_args"] = tuple(values.get("server_args", ()))
+    values["headers"] = MappingProxyType(dict(values.get("headers") or {}))
+    if values.get("backend") == "remote":  # the endpoint's weights are not ours to name
+        values.setdefault("base_model", values.get("served_model") or model_id)
     return ModelConfig(model_id=model_id, line=line, **values)

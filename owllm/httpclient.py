@@ -58,11 +58,49 @@ def bearer(env_name: str | None, *, what: str = "server") -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def row_headers(row: Mapping[str, Any] | None) -> dict[str, str]:
-    """Headers for a server recorded in the StateStore (its key variable is in ``extra``)."""
+def _extra(row: Mapping[str, Any] | None) -> Mapping[str, Any]:
     extra = (row or {}).get("extra") or {}
-    name = extra.get("api_key_env") if isinstance(extra, Mapping) else None
-    return bearer(name, what=f"server {(row or {}).get('model_id')!r}") if name else {}
+    return extra if isinstance(extra, Mapping) else {}
+
+
+def row_headers(row: Mapping[str, Any] | None) -> dict[str, str]:
+    """Headers for a server recorded in the StateStore: the bearer key of the variable named
+    in ``extra.api_key_env``, after the endpoint's own ``extra.headers`` (backend: remote)."""
+    extra = _extra(row)
+    name = extra.get("api_key_env")
+    headers = {str(k): str(v) for k, v in (extra.get("headers") or {}).items()}
+    if name:
+        headers.update(bearer(name, what=f"server {(row or {}).get('model_id')!r}"))
+    return headers
+
+
+def served_model(row: Mapping[str, Any]) -> str:
+    """The ``model`` field for requests to a recorded server: the name the endpoint knows
+    (``extra.served_model``, backend: remote), else the model id OWLLM's servers serve."""
+    return str(_extra(row).get("served_model") or row["model_id"])
+
+
+def safe_url(url: str) -> str:
+    """``url`` without user, password, query or fragment: fit for errors and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def endpoint_answers(row: Mapping[str, Any]) -> bool:
+    """True when an attached endpoint's ``/v1/models`` answers 200 (its health: OpenAI's
+    API has no /health), within the row's ``extra.timeout_s``."""
+    url = str(row.get("url") or "")
+    if not url:
+        return False
+    try:
+        timeout = float(_extra(row).get("timeout_s") or 10.0)
+        return get(url + "/v1/models", headers=row_headers(row),
+                   timeout=timeout).status_code == 200
+    except (httpx.HTTPError, UsageError):
+        return False
 
 
 def client(base_url: str = "", *, headers: Mapping[str, str] | None = None,

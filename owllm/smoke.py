@@ -29,6 +29,7 @@ from owllm.errors import EnvError, OwllmError
 from owllm.servers.manager import LLMServerManager, probe_health
 from owllm.servers.ports import LIVE_STATUSES
 from owllm.servers.reaper import owned_servers, start_owned_tool_server
+from owllm.servers.supervisor import is_attached_row
 
 SMOKE_PROMPT = "Say hello in one short sentence."
 
@@ -82,6 +83,13 @@ def kernel_report(row: dict[str, Any]) -> dict[str, Any]:
     dtype = kernels.get("dtype") or {}
     return {"dtype": dtype.get("value"), "dtype_reason": dtype.get("reason"),
             "kernels": kernels}
+
+
+def probed_capabilities(row: dict[str, Any]) -> dict[str, Any]:
+    """Capabilities probed on the server itself (``extra.capabilities``: an attached
+    endpoint's), which override what its backend says in general."""
+    found = (row.get("extra") or {}).get("capabilities")
+    return dict(found) if isinstance(found, dict) else {}
 
 
 def generate_stream(url: str, model_id: str, model_type: str, max_tokens: int,
@@ -149,6 +157,7 @@ def _model_smoke(manager: LLMServerManager, model_id: str, keep: bool) -> ModelS
             result.startup_s, result.reused_running_server = served.startup_s, served.was_running
             result.dtype, result.dtype_reason = kernels["dtype"], kernels["dtype_reason"]
             result.kernels = kernels["kernels"]
+            result.capabilities = {**result.capabilities, **probed_capabilities(row)}
             _health_and_generate(result, row, model.model_type, model.generation.max_tokens)
     except OwllmError as exc:
         if served is not None:
@@ -166,11 +175,16 @@ def _health_and_generate(result: ModelSmokeResult, row: dict[str, Any], model_ty
                          max_tokens: int) -> None:
     """The smoke's checks against a running server, each failure an ``errors`` item."""
     try:
-        result.health_ok = probe_health(row["url"])
+        # An attached endpoint (backend remote) has no /health: /v1/models is its health.
+        attached = is_attached_row(row)
+        result.health_ok = (httpclient.endpoint_answers(row) if attached
+                            else probe_health(row["url"]))
         if not result.health_ok:
+            path = "/v1/models" if attached else "/health"
             result.errors.append({"stage": "health", "type": "HealthCheckFailed",
-                                  "message": f"{row['url']}/health did not answer 200"})
-        gen = generate_stream(row["url"], result.model_id, model_type, max_tokens,
+                                  "message": f"{httpclient.safe_url(row['url'])}{path} did "
+                                             "not answer 200"})
+        gen = generate_stream(row["url"], httpclient.served_model(row), model_type, max_tokens,
                               headers=httpclient.row_headers(row))
         result.generate_ok = gen["completion_tokens"] > 0
         if not result.generate_ok:
@@ -291,7 +305,12 @@ def _round_trip(result: ToolsSmokeResult, manager: LLMServerManager, row: dict[s
     narrowed = [_narrowed(s) for s in specs]
     prompt = template_for(backend).format(tools=render_tools(specs), prompt=SMOKE_TOOL_PROMPT)
     messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
-    body: dict[str, Any] = {"model": result.model_id, "messages": messages, "max_tokens": 96,
+    probed = probed_capabilities(row)
+    if "structured_output" in probed:  # what the endpoint showed it can do, not assumed
+        result.constrained = bool(probed["structured_output"])
+        result.capabilities = {**result.capabilities, **probed}
+    served = httpclient.served_model(row)
+    body: dict[str, Any] = {"model": served, "messages": messages, "max_tokens": 96,
                             "temperature": 0}
     if result.constrained:
         body["response_format"] = {"type": "json_schema", "json_schema": {
@@ -317,7 +336,7 @@ def _round_trip(result: ToolsSmokeResult, manager: LLMServerManager, row: dict[s
             "function": {"name": first.tool, "arguments": json.dumps(first.args)}}]},
         {"role": "tool", "tool_call_id": first.id, "content": json.dumps(executed)},
     ]
-    answer = _chat(row, {"model": result.model_id, "messages": messages,
+    answer = _chat(row, {"model": served, "messages": messages,
                          "max_tokens": 16, "temperature": 0})["choices"][0]["message"]
     result.final_answer = (answer.get("content") or "")[:200]
     result.final_answer_ok = True

@@ -55,6 +55,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "owllm_env_key" in metafunc.fixturenames:
         params = [pytest.param(k, id=k, marks=[pytest.mark.gpu] if gpu else [])
                   for k, gpu in run.env_keys().items()]
+        if not params and run.model_ids:  # only endpoints OWLLM attaches to (remote)
+            params = [pytest.param(None, id="no-env", marks=pytest.mark.skip(
+                reason="the selected models are remote endpoints: no env of OWLLM's"))]
         metafunc.parametrize("owllm_env_key", params, scope="session")
 
 

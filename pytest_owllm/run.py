@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from owllm.backends import is_attached
 from owllm.config import Config, load_config
 from owllm.envs import EnvRegistry, Resolution
 from owllm.errors import OwllmError
@@ -72,6 +73,8 @@ class OwllmRun:
                                profile=self.profile)
         out = {}
         for model_id in self.model_ids:
+            if is_attached(self.config.models[model_id].backend):
+                continue  # an endpoint OWLLM attaches to (remote): no env of ours
             try:
                 out[model_id] = registry.resolve_nominal(model_id)
             except OwllmError as exc:
@@ -79,12 +82,15 @@ class OwllmRun:
         return out
 
     def needs_gpu(self, model_id: str) -> bool:
-        return bool(self.resolutions[model_id].spec.cuda != "cpu")
+        resolution = self.resolutions.get(model_id)  # None: a remote endpoint's own GPUs
+        return resolution is not None and resolution.spec.cuda != "cpu"
 
     def env_keys(self) -> dict[str, bool]:
         """Distinct env keys of the selected models -> whether the key needs a GPU."""
         keys: dict[str, bool] = {}
         for model_id in self.model_ids:
+            if model_id not in self.resolutions:
+                continue
             key = self.resolutions[model_id].key
             keys[key] = keys.get(key, False) or self.needs_gpu(model_id)
         return keys

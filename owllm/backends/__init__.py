@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from owllm.paths import Home
 
 __all__ = [
+    "ENDPOINT_FIELDS",
     "ENTRY_POINT_GROUP",
     "TOOL_CALL_RULES",
     "Backend",
@@ -41,6 +42,7 @@ __all__ = [
     "LaunchSpec",
     "backend_names",
     "get_backend",
+    "is_attached",
     "option_problems",
 ]
 
@@ -54,6 +56,7 @@ _SOURCE_TREE_BACKENDS = {
     "transformers": "owllm.backends.transformers:TransformersBackend",
     "vllm": "owllm.backends.vllm:VllmBackend",
     "llamacpp": "owllm.backends.llamacpp:LlamaCppBackend",
+    "remote": "owllm.backends.remote:RemoteBackend",
 }
 
 #: What every tool-call prompt template asks for: one strict JSON envelope.  A backend's
@@ -120,6 +123,10 @@ class Backend(Protocol):
     """One serving engine.  Implementations are plain classes with these attributes; the
     registry instantiates them with no arguments.
 
+    Optional: ``attach(model) -> dict`` makes the backend one OWLLM attaches to rather than
+    launches (``remote``): the manager provisions no env, calls it instead of ``launch``
+    and records the fields it returns in the server's row (:func:`is_attached`).
+
     Optional: ``host_build_env(cuda, build_env) -> dict`` adapts the env's build settings
     (``env_packages`` ``build_env``) to this host; llama.cpp leaves out instruction sets the
     CPU lists but cannot run.  It applies to a user's envs.yaml entry for the backend too."""
@@ -151,12 +158,22 @@ class Backend(Protocol):
         ...
 
 
+#: The fields of an endpoint OWLLM attaches to instead of launching (``backend: remote``).
+ENDPOINT_FIELDS = ("base_url", "served_model", "headers", "timeout_s")
+
+
 def option_problems(model: ModelConfig, *, four_bit: bool = False, adapters: bool = False,
-                    quant_types: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+                    quant_types: tuple[str, ...] = (),
+                    endpoint: bool = False) -> list[tuple[str, str]]:
     """The checks most backends share, for :meth:`Backend.config_problems`: bitsandbytes
-    4-bit (``use_4bit``), LoRA adapters (``adapter_dir``) and ``quant:`` (GGUF types), each
-    an error unless the backend says it serves it."""
+    4-bit (``use_4bit``), LoRA adapters (``adapter_dir``), ``quant:`` (GGUF types) and the
+    endpoint fields (:data:`ENDPOINT_FIELDS`), each an error unless the backend says it
+    serves it."""
     problems = []
+    if not endpoint:
+        problems += [(name, f"{name} configures an existing endpoint and applies to "
+                      f"backend: remote only, not {model.backend}")
+                     for name in ENDPOINT_FIELDS if getattr(model, name)]
     if model.use_4bit and not four_bit:
         problems.append(("use_4bit", f"bitsandbytes 4-bit is a transformers option, not "
                          f"{model.backend}'s; for llamacpp set quant: q4_k_m, for vllm serve "
@@ -228,3 +245,9 @@ def get_backend(name: str) -> Backend:
                              hint=f"installed backends: {', '.join(backend_names())}")
         name = aliases[0]
     return _load(name)
+
+
+def is_attached(name: str) -> bool:
+    """True for a backend OWLLM attaches to instead of launching (it has ``attach``, as
+    ``remote`` does): no env is provisioned for it and its rows record no process."""
+    return hasattr(get_backend(name), "attach")

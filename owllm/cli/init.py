@@ -40,7 +40,7 @@ models:
     base_model: "demo://tiny-llama"
     adapter_dir: null                # PEFT LoRA adapter folder (transformers only)
     model_type: "instruct"           # instruct: chat template + system_prompt; base: plain prompt
-    backend: transformers            # transformers (OWLLM's own server), vllm, llamacpp
+    backend: transformers            # transformers (OWLLM's own server), vllm, llamacpp, remote
     device: cpu                      # auto (CUDA when the host has one), cpu, cuda
     dtype: auto                      # auto, float32, bfloat16, float16
     port: 10500                      # preferred port: a hint, a free one is used when taken
@@ -58,6 +58,12 @@ models:
     # stall_timeout_s: 300           # give up when the server's log shows no progress this long
     # server_args: []                # extra command-line arguments for the backend's server
     # api_key_env: MY_MODEL_KEY      # name of the variable holding the server's API key
+    # backend: remote attaches to an OpenAI-compatible endpoint OWLLM did not start
+    # (no base_model, no env): then set base_url, and optionally the three after it.
+    # base_url: http://gateway:8000/v1  # remote only: the endpoint (with or without /v1)
+    # served_model: org/Model-7B     # remote only: the endpoint's name for it (default: the id)
+    # headers: {X-Team: qa}          # remote only: extra headers (the key goes in api_key_env)
+    # timeout_s: 30                  # remote only: per-request timeout of attach and status
 # tools: []                          # your tools: {callable: "pkg.mod:func", parameters: {...}}
 # tool_server: {host: 127.0.0.1, port: 8763, call_timeout_s: 10, api_key_env: null}
 """
@@ -83,10 +89,11 @@ pytestmark = [pytest.mark.owllm_model, pytest.mark.slow]
 
 
 def test_answers_a_question(owllm_model_id: str, owllm_server: dict[str, Any]) -> None:
-    # owllm.httpclient: no proxy for loopback, the API key when the model has api_key_env
+    # owllm.httpclient: no proxy for loopback, the API key when the model has api_key_env,
+    # and the name the server knows the model by (served_model, for backend: remote)
     response = httpclient.post(owllm_server["url"] + "/v1/chat/completions", timeout=120,
                                headers=httpclient.row_headers(owllm_server), json={
-        "model": owllm_model_id, "max_tokens": 8, "temperature": 0,
+        "model": httpclient.served_model(owllm_server), "max_tokens": 8, "temperature": 0,
         "messages": [{"role": "user", "content": "Name a colour."}]})
     assert response.status_code == 200, response.text
     answer = response.json()

@@ -52,7 +52,13 @@ def state_manager_for(ctx: Context) -> LLMServerManager:
 def _public(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
-    return {k: v for k, v in row.items() if k not in ("pid_create_time", "kind")}
+    public = {k: v for k, v in row.items() if k not in ("pid_create_time", "kind")}
+    extra = public.get("extra")
+    if isinstance(extra, dict) and extra.get("headers"):
+        # An attached endpoint's headers (backend remote) may carry a gateway's credential:
+        # the row keeps them to send them; output shows their names only.
+        public["extra"] = {**extra, "headers": sorted(extra["headers"])}
+    return public
 
 
 def _model_id(args: argparse.Namespace) -> str | None:

@@ -23,7 +23,7 @@ from typing import Any
 import jsonschema
 
 from owllm._yaml_lines import Key, display, dotted, load_validated, schema_message
-from owllm.backends import backend_names, get_backend
+from owllm.backends import backend_names, get_backend, is_attached
 from owllm.errors import ConfigError
 
 ENVS_FILENAME = "envs.yaml"
@@ -116,7 +116,9 @@ class EnvsConfig:
         entry of the same name; a file entry for a backend that is not installed stays
         (its key still resolves and builds)."""
         overrides = dict(self.data.get("backends", {}))
-        own = {name: _backend_entry(name) for name in backend_names() if name not in overrides}
+        # A backend OWLLM attaches to (remote) runs nothing here: it has no env entry.
+        own = {name: _backend_entry(name) for name in backend_names()
+               if name not in overrides and not is_attached(name)}
         return {**own, **overrides}
 
     @property

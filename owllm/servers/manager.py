@@ -21,7 +21,7 @@ import httpx
 from owllm import _progress as progress
 from owllm import httpclient
 from owllm._store_faults import home_lock
-from owllm.backends import BackendContext, LaunchSpec, get_backend
+from owllm.backends import BackendContext, LaunchSpec, get_backend, is_attached
 from owllm.backends._kernels import CPU_FAULT_SIGNALS, KernelChoice, record_fallback
 from owllm.config import Config, ModelConfig, load_config
 from owllm.envs import EnvRegistry
@@ -91,7 +91,10 @@ class LLMServerManager:
         def start() -> dict[str, Any]:
             # On a first run this builds the env and the weights (demo model, GGUF) too:
             # minutes, so it is a progress step.
-            with progress.step(f"starting the {model.backend} server of {model_id}",
+            what = (f"attaching to the {model.backend} endpoint of {model_id}"
+                    if is_attached(model.backend)
+                    else f"starting the {model.backend} server of {model_id}")
+            with progress.step(what,
                                enabled=getattr(self.registry, "progress", None)):
                 return self._start(model)
 
@@ -103,6 +106,8 @@ class LLMServerManager:
 
     def _start(self, model: ModelConfig) -> dict[str, Any]:
         backend = get_backend(model.backend)
+        if is_attached(model.backend):
+            return self._attach(model, backend)
         env = self.registry.get_env_for_model(model)
         base_dir = self.config.home_relative_base
         if model.adapter_dir and not Path(model.adapter_dir).is_absolute():
@@ -134,6 +139,29 @@ class LLMServerManager:
                 if port_retried or not _lost_port(log_path):
                     raise
             port_retried = True  # a port lost to another program between check and bind
+
+    def _attach(self, model: ModelConfig, backend: Any) -> dict[str, Any]:
+        """An endpoint OWLLM does not run (backend remote): no env, no process, no port
+        claim; the backend's readiness ladder, then a RUNNING row without a pid."""
+        self.store.upsert_model(model.model_id, model.backend, model.base_model, None,
+                                model.params())
+        cleared = {"pid": None, "pgid": None, "pid_create_time": None,
+                   "pid_start_ticks": None, "boot_id": None, "env_key": None,
+                   "log_path": None, "stopped_at": None}
+        self.supervisor.claim(MODEL_KIND, model.model_id,
+                              self.owner.claim(self.home) if self.owner else None)
+        started = time.monotonic()
+        try:
+            fields = backend.attach(model)
+        except ServerError as exc:
+            self.store.upsert_server(model.model_id, kind=MODEL_KIND,
+                                     status=ServerStatus.FAILED, last_error=exc.message,
+                                     started_at=now_iso(), **cleared)
+            raise
+        fields["extra"]["startup_s"] = round(time.monotonic() - started, 3)
+        return self.store.upsert_server(model.model_id, kind=MODEL_KIND,
+                                        status=ServerStatus.RUNNING, started_at=now_iso(),
+                                        last_error=None, **cleared, **fields) | {"healthy": True}
 
     def _claim_port(self, model: ModelConfig, env_key: str, log_path: Path) -> int:
         with home_lock(self.home.locks_dir / "ports.lock"):

@@ -25,6 +25,7 @@ from typing import Any
 
 from owllm._store_faults import FULL, READ_ONLY, StateStoreFault, home_lock
 from owllm.errors import OwllmError, ServerError, StateStoreError
+from owllm.httpclient import endpoint_answers
 from owllm.paths import Home
 from owllm.servers.executor import Executor
 from owllm.servers.identity import identity_from_row
@@ -93,6 +94,12 @@ class Supervisor:
         row = self.store.get_server(name, kind=kind)
         if row is None:
             return None
+        if is_attached_row(row):
+            # An endpoint we attached to (backend: remote): no pid of ours to check; its
+            # health is whether it answers.  It stays RUNNING while unhealthy (a flaky
+            # network is not a crash); ensure() re-attaches, stop() detaches.
+            healthy = row["status"] in LIVE_STATUSES and endpoint_answers(row)
+            return row | {"healthy": healthy}
         url = row.get("url") or (f"http://{row['host']}:{row['port']}" if row.get("port") else "")
         ident = identity_from_row(row)
         alive = ident is not None and ident.alive()
@@ -237,6 +244,9 @@ class Supervisor:
     def stop_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """Stop the server a row records (its lock held by the caller)."""
         kind, name = row["kind"], row["model_id"]
+        if is_attached_row(row):  # detach: the endpoint's processes are never ours
+            return self.store.upsert_server(name, kind=kind, status=ServerStatus.STOPPED,
+                                            stopped_at=now_iso())
         ident = identity_from_row(row)
         executor = self.executors.pop((kind, name), None)
         if ident is not None and ident.alive():
@@ -246,6 +256,13 @@ class Supervisor:
         reap_row(row)
         return self.store.upsert_server(name, kind=kind, status=ServerStatus.STOPPED,
                                         stopped_at=now_iso())
+
+
+def is_attached_row(row: dict[str, Any]) -> bool:
+    """True for the row of an endpoint OWLLM attached to and does not manage
+    (``extra.managed`` false: backend remote): nothing to kill, nothing to reap."""
+    extra = row.get("extra")
+    return isinstance(extra, dict) and extra.get("managed") is False
 
 
 def reap_row(row: dict[str, Any]) -> list[int]:

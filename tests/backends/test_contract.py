@@ -19,6 +19,7 @@ from owllm.backends import (
     Backend,
     backend_names,
     get_backend,
+    is_attached,
 )
 from owllm.backends.llamacpp import CONVERTER
 from owllm.envs.spec import default_envs_path, load_envs_config
@@ -28,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 BUILT_IN = {"transformers": "owllm.backends.transformers:TransformersBackend",
             "vllm": "owllm.backends.vllm:VllmBackend",
-            "llamacpp": "owllm.backends.llamacpp:LlamaCppBackend"}
+            "llamacpp": "owllm.backends.llamacpp:LlamaCppBackend",
+            "remote": "owllm.backends.remote:RemoteBackend"}
 
 
 class Incomplete:
@@ -83,6 +85,10 @@ def test_every_backend_carries_its_knowledge(name: str) -> None:
     text = backend.prompt_template.format(tools="- t: x", prompt="P?")
     assert TOOL_CALL_RULES.format() in text and "P?" in text
     assert all(q == q.lower() for q in backend.quant_types)
+    if is_attached(name):  # remote: an endpoint OWLLM attaches to provisions no env
+        assert not backend.env_packages
+        assert name not in load_envs_config(default_envs_path()).backends
+        return
     # its env entry passes the envs.yaml schema and is what the shipped envs.yaml resolves
     assert load_envs_config(default_envs_path()).backends[name] == dict(backend.env_packages)
 

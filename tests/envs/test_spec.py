@@ -4,20 +4,21 @@ from pathlib import Path
 
 import pytest
 
-from owllm.backends import backend_names, get_backend
+from owllm.backends import backend_names, get_backend, is_attached
 from owllm.envs.spec import default_envs_path, find_envs_config, load_envs_config
 from owllm.errors import ConfigError
 
 
 def test_default_envs_yaml_is_valid() -> None:
     envs = load_envs_config(default_envs_path())
-    assert set(backend_names()) <= set(envs.backends)
+    launched = {name for name in backend_names() if not is_attached(name)}  # remote: no env
+    assert launched <= set(envs.backends) and "remote" not in envs.backends
     assert "cu121" in envs.cuda_tags and {"bnb", "peft"} <= set(envs.features)
 
 
 def test_each_backend_owns_its_env_and_envs_yaml_overrides_it(tmp_path: Path) -> None:
     shipped = load_envs_config(default_envs_path())
-    for name in backend_names():  # the shipped file adds nothing: the backend is the source
+    for name in sorted(set(backend_names()) - {"remote"}):  # the backend is the source
         assert shipped.backends[name] == dict(get_backend(name).env_packages)
     path = tmp_path / "envs.yaml"
     path.write_text("version: 1\nbackends:\n  vllm: {framework: vllm, packages: [six]}\n"

@@ -1,0 +1,186 @@
+"""``backend: remote``: any OpenAI-compatible endpoint OWLLM did not start (a vLLM fleet
+behind a gateway, KServe, GPUStack, Ray Serve, a hosted API).
+
+OWLLM provisions no env and launches nothing for it: ``server start`` *attaches* — a
+readiness ladder (``GET /v1/models`` lists ``served_model`` → a one-token completion), then
+a StateStore row with status RUNNING, the endpoint's URL, no pid and ``extra.managed``
+false; ``server stop`` detaches (the row says STOPPED, nothing is signalled); reconciling
+the row probes the endpoint instead of a pid (:mod:`owllm.servers.supervisor`).  Requests
+carry ``served_model`` as their ``model`` field, the bearer key of ``api_key_env`` and the
+configured ``headers`` (:func:`owllm.httpclient.row_headers` and ``served_model``).
+
+What the endpoint can do is probed at attach time, never assumed: whether it honours an
+OpenAI ``json_schema`` response format is recorded in ``extra.capabilities``, and the smokes
+use that instead of the backend's static :class:`~owllm.backends.Capabilities`.  TLS
+certificates are verified (httpx's default); errors name the URL without credentials and
+the HTTP status.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from owllm import httpclient
+from owllm.backends import (
+    TOOL_CALL_RULES,
+    BackendContext,
+    Capabilities,
+    LaunchSpec,
+    option_problems,
+)
+from owllm.config import ModelConfig
+from owllm.errors import ServerError, UsageError
+
+DEFAULT_TIMEOUT_S = 30.0
+# Fields that configure a process OWLLM would launch: meaningless for an endpoint.
+LAUNCH_FIELDS = ("env_key", "requirements", "server_args", "port", "device", "dtype",
+                 "max_model_len")
+
+
+def endpoint_root(base_url: str) -> str:
+    """The URL requests are built on (``root + "/v1/..."``): ``base_url`` without a trailing
+    ``/`` or ``/v1``, so ``https://h/v1``, ``https://h/`` and ``https://h`` are one endpoint."""
+    root = base_url.rstrip("/")
+    return root[:-3] if root.endswith("/v1") else root
+
+
+def _headers(model: ModelConfig) -> dict[str, str]:
+    headers = dict(model.headers)
+    headers.update(httpclient.bearer(model.api_key_env, what=f"model {model.model_id!r}"))
+    return headers
+
+
+def _fail(model: ModelConfig, url: str, what: str, hint: str | None = None) -> ServerError:
+    return ServerError(f"remote endpoint of model {model.model_id!r} ({httpclient.safe_url(url)}): "
+                       f"{what}", hint=hint, model_id=model.model_id)
+
+
+def _call(model: ModelConfig, method: str, url: str, timeout: float,
+          **kwargs: Any) -> httpx.Response:
+    """One request of the ladder; a connection failure or an auth refusal is a ServerError
+    that names the URL (never its credentials) and the status."""
+    try:
+        response = httpclient.request(method, url, headers=_headers(model), timeout=timeout,
+                                      **kwargs)
+    except httpx.TimeoutException as exc:
+        raise _fail(model, url, f"no answer within timeout_s={timeout:g}s "
+                    f"({type(exc).__name__})", hint="check base_url and that the endpoint "
+                    "is up; raise timeout_s for a slow one") from exc
+    except httpx.HTTPError as exc:
+        raise _fail(model, url, f"cannot connect ({type(exc).__name__}: {exc})",
+                    hint="check base_url and that the endpoint is up and reachable") from exc
+    if response.status_code in (401, 403):
+        var = f"${model.api_key_env}" if model.api_key_env else "no api_key_env set"
+        raise _fail(model, url, f"HTTP {response.status_code}: wrong or missing API key "
+                    f"({var})", hint="set api_key_env to the variable that holds the "
+                    "endpoint's key, and export that variable")
+    return response
+
+
+def _check_models(model: ModelConfig, root: str, served: str, timeout: float) -> None:
+    url = root + "/v1/models"
+    response = _call(model, "GET", url, timeout)
+    if response.status_code != 200:
+        raise _fail(model, url, f"HTTP {response.status_code}: {response.text[:300]}")
+    try:
+        names = [str(m.get("id")) for m in response.json().get("data") or []]
+    except (ValueError, AttributeError) as exc:
+        raise _fail(model, url, "answered 200 but not an OpenAI model list") from exc
+    if served not in names:
+        raise _fail(model, url, f"does not serve {served!r}; it lists: "
+                    f"{', '.join(names) or '(none)'}",
+                    hint="set served_model to one of the names it lists")
+
+
+def _one_token(model: ModelConfig, root: str, served: str, timeout: float) -> None:
+    body: dict[str, Any]
+    if model.model_type == "instruct":
+        path, body = "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}
+    else:
+        path, body = "/v1/completions", {"prompt": "Hello"}
+    url = root + path
+    response = _call(model, "POST", url, timeout,
+                     json={"model": served, "max_tokens": 1, "temperature": 0, **body})
+    if response.status_code != 200:
+        raise _fail(model, url, f"a one-token completion answered HTTP "
+                    f"{response.status_code}: {response.text[:300]}",
+                    hint="the endpoint lists the model but cannot generate with it")
+
+
+def probe_structured_output(model: ModelConfig, root: str, served: str,
+                            timeout: float) -> bool:
+    """Whether the endpoint accepts an OpenAI ``json_schema`` response format (a 4xx says
+    it does not: reported as a capability, not a failure)."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}},
+              "required": ["ok"], "additionalProperties": False}
+    try:
+        response = _call(model, "POST", root + "/v1/chat/completions", timeout, json={
+            "model": served, "max_tokens": 8, "temperature": 0,
+            "messages": [{"role": "user", "content": "Reply with JSON."}],
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "probe", "schema": schema, "strict": True}}})
+    except ServerError:
+        return False
+    return response.status_code == 200
+
+
+class RemoteBackend:
+    """An OpenAI-compatible endpoint OWLLM attaches to (see the module docstring)."""
+
+    name = "remote"
+    # Assumed until probed at attach time (extra.capabilities of the row wins).
+    capabilities = Capabilities()
+    quant_types: tuple[str, ...] = ()
+    prompt_template = "Tools:\n{tools}\n" + TOOL_CALL_RULES + "\nRequest: {prompt}"
+    env_packages: dict[str, Any] = {}  # no env: nothing runs on this host
+
+    def config_problems(self, model: ModelConfig) -> list[tuple[str, str]]:
+        problems = option_problems(model, endpoint=True)
+        defaults = ModelConfig(model_id=model.model_id, base_model=model.base_model)
+        problems += [(name, f"{name} configures a server OWLLM launches; backend: remote "
+                      "attaches to a running endpoint, so it does not apply")
+                     for name in LAUNCH_FIELDS
+                     if getattr(model, name) != getattr(defaults, name)]
+        url = urlsplit(model.base_url or "")
+        if url.username or url.password:
+            problems.append(("base_url", "base_url must not carry credentials: put the key "
+                             "in a variable and name it in api_key_env"))
+        elif not url.hostname:
+            problems.append(("base_url", f"{model.base_url!r} names no host"))
+        elif url.query or url.fragment:
+            problems.append(("base_url", "base_url takes no query or fragment"))
+        problems += [("headers", f"header {key!r}: use api_key_env for the bearer key, "
+                      "never the key in the config") for key in model.headers
+                     if key.lower() == "authorization"]
+        return problems
+
+    def model_path(self, model: ModelConfig, ctx: BackendContext) -> Path | str:
+        return model.served_model or model.model_id
+
+    def launch(self, model: ModelConfig, model_path: Path | str, ctx: BackendContext,
+               host: str, port: int) -> LaunchSpec:
+        raise UsageError(f"model {model.model_id!r}: backend remote attaches to "
+                         f"{model.base_url}; it launches nothing",
+                         hint="owllm server start attaches to it")
+
+    def attach(self, model: ModelConfig) -> dict[str, Any]:
+        """Run the readiness ladder against the endpoint; the row fields to record."""
+        if not model.base_url:
+            raise UsageError(f"model {model.model_id!r}: backend remote needs base_url")
+        root = endpoint_root(model.base_url)
+        served = model.served_model or model.model_id
+        timeout = model.timeout_s or DEFAULT_TIMEOUT_S
+        _check_models(model, root, served, timeout)
+        _one_token(model, root, served, timeout)
+        structured = probe_structured_output(model, root, served, timeout)
+        parts = urlsplit(root)
+        return {"url": root, "host": parts.hostname,
+                "port": parts.port or (443 if parts.scheme == "https" else 80),
+                "extra": {"managed": False, "served_model": served,
+                          "api_key_env": model.api_key_env, "headers": dict(model.headers),
+                          "timeout_s": timeout,
+                          "capabilities": {"structured_output": structured}}}
