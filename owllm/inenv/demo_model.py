@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._report import report
+
 BUILDER_VERSION = 1
 MARKER = ".owllm-demo.json"
 VOCAB_SIZE = 512
@@ -206,18 +208,19 @@ def main(argv: list[str] | None = None) -> int:
                              "use that to break its engine on purpose)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    try:
+
+    def build() -> dict[str, Any]:
         result = materialize(args.out.resolve(), args.seed, args.head_dim)
         if args.lora_out is not None:
             if not _complete(args.lora_out.resolve(), args.seed):
                 build_lora(args.out.resolve(), args.lora_out.resolve(), args.seed)
             result["lora_dir"] = str(args.lora_out.resolve())
             result["seconds"] = round(time.perf_counter() - started, 3)
-    except Exception as exc:  # reported as one line for the caller's error message
-        print(f"demo model build failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+        return result
+
+    # Any failure is reported as one line for the caller's error message.
+    return report(build, failure=Exception, code=1,
+                  describe=lambda exc: f"demo model build failed: {type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

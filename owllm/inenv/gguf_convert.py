@@ -30,6 +30,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ._report import report
+
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 # `quant:` names in the YAML -> llama.cpp file types (LLAMA_FTYPE_MOSTLY_*).
 QUANT_TYPES = {"q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q2_k": 10,
@@ -237,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quant", default=None, help=", ".join(QUANT_TYPES))
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+
+    def run() -> dict[str, Any]:
         if args.quantize_gguf:
             if not args.quant:
                 raise ConversionError("--quantize-gguf needs --quant")
@@ -257,11 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                 base.unlink(missing_ok=True)
         else:
             result = convert(args.model_dir, args.out, args.outtype)
-    except ConversionError as exc:
-        print(f"gguf_convert: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result))
-    return 0
+        return result
+
+    return report(run, failure=ConversionError, code=2,
+                  describe=lambda exc: f"gguf_convert: error: {exc}")
 
 
 if __name__ == "__main__":

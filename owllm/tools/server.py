@@ -61,12 +61,7 @@ from typing import Any
 
 from owllm.config import Config, load_config
 from owllm.errors import OwllmError, UsageError
-from owllm.inenv.asgi_guard import (
-    ALLOWED_HOSTS_VAR,
-    API_KEY_VAR,
-    bind_warning,
-    parse_allowed_hosts,
-)
+from owllm.inenv import asgi_guard
 from owllm.tools.calls import DEFAULT_TIMEOUT, MAX_INFLIGHT, ToolRunner, execute
 from owllm.tools.httpd import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT, ToolHTTPServer
 from owllm.tools.registry import ToolRegistry, tools_from_config
@@ -94,8 +89,8 @@ class ToolServer:
                  max_connections: int = MAX_CONNECTIONS, api_key: str | None = None,
                  allowed_hosts: str | Sequence[str] | None = None) -> None:
         self.registry = registry if registry is not None else ToolRegistry(builtins=True)
-        allowed = parse_allowed_hosts(allowed_hosts)
-        warning = bind_warning(host, allowed)
+        allowed = asgi_guard.parse_allowed_hosts(allowed_hosts)
+        warning = asgi_guard.bind_warning(host, allowed)
         if warning:  # loud: printed whatever the logging setup
             print(f"owllm tool server: {warning}", file=sys.stderr, flush=True)
         self.httpd = ToolHTTPServer((host, port), self.registry, ToolRunner(timeout, max_inflight),
@@ -191,9 +186,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-entry-points", action="store_true",
                         help=f"do not load tools from the {'owllm.tools'!r} entry points")
     parser.add_argument("--quiet", action="store_true", help="no request log on stderr")
-    parser.epilog = (f"Environment: {API_KEY_VAR} requires 'Authorization: Bearer <key>' on "
-                     f"every route but /health; {ALLOWED_HOSTS_VAR} (comma-separated) adds "
-                     "Host/Origin names besides loopback.")
+    parser.epilog = (f"Environment: {asgi_guard.API_KEY_VAR} requires 'Authorization: "
+                     f"Bearer <key>' on every route but /health; "
+                     f"{asgi_guard.ALLOWED_HOSTS_VAR} (comma-separated) adds Host/Origin names "
+                     "besides loopback.")
     return parser
 
 
@@ -220,8 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = ToolServer(registry, args.host, args.port, timeout=timeout,
                             max_body=args.max_body, request_timeout=args.request_timeout,
                             max_connections=args.max_connections,
-                            api_key=os.environ.get(API_KEY_VAR) or None,
-                            allowed_hosts=os.environ.get(ALLOWED_HOSTS_VAR))
+                            api_key=os.environ.get(asgi_guard.API_KEY_VAR) or None,
+                            allowed_hosts=os.environ.get(asgi_guard.ALLOWED_HOSTS_VAR))
     except OwllmError as exc:
         print(f"owllm tool server: {exc}", file=sys.stderr)
         return 2
