@@ -225,7 +225,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         model_id: _model(model_id, entry or {}, lines.get(("models", model_id)))
         for model_id, entry in data["models"].items()
     }
-    problems = [f"{display(path)}:{lines.get(('models', m.model_id, field), m.line) or '?'}: "
+    problems = [f"{display(path)}:{_line(lines, m, field) or '?'}: "
                 f"models.{m.model_id}.{field}: {message}"
                 for m in models.values() for field, message in _backend_problems(m)]
     if problems:
@@ -235,6 +235,17 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     server = ToolServerSettings(**data.get("tool_server", {}))
     return Config(path=path.resolve(), models=MappingProxyType(models), tools=tools,
                   tool_server=server)
+
+
+def _line(lines: Mapping[Key, int], model: ModelConfig, field: str) -> int | None:
+    """The line of ``field`` (dotted for a nested one: ``ray.address``), else of the
+    nearest enclosing key, else of the model."""
+    parts = field.split(".")
+    for end in range(len(parts), 0, -1):
+        line = lines.get(("models", model.model_id, *parts[:end]))
+        if line is not None:
+            return line
+    return model.line
 
 
 def _backend_problems(model: ModelConfig) -> list[tuple[str, str]]:

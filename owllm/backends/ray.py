@@ -67,7 +67,10 @@ def owllm_status(serve_status: str) -> tuple[str, bool]:
 
 def ray_version() -> str | None:
     """The orchestrator's Ray (the ``ray`` extra), which the model env's Ray must match."""
-    if util.find_spec("ray") is None:
+    try:
+        if util.find_spec("ray") is None:
+            return None
+    except ValueError:  # sys.modules["ray"] is None: blocked on purpose
         return None
     try:
         return metadata.version("ray")
