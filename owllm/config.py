@@ -25,6 +25,7 @@ import jsonschema
 from owllm._yaml_lines import Key, display, load_validated, schema_message
 from owllm.backends import backend_names, get_backend
 from owllm.errors import ConfigError, OwllmError
+from owllm.paths import home_for_config
 
 DEMO_SCHEME = "demo://"
 
@@ -221,8 +222,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         duplicate_label=lambda at: "model id" if at == ("models",) else "key",
         lines=lines,
     )
+    base = home_for_config(path)
     models = {
-        model_id: _model(model_id, entry or {}, lines.get(("models", model_id)))
+        model_id: _model(model_id, entry or {}, lines.get(("models", model_id)), base)
         for model_id, entry in data["models"].items()
     }
     problems = [f"{display(path)}:{_line(lines, m, field) or '?'}: "
@@ -265,8 +267,11 @@ def _backend_problems(model: ModelConfig) -> list[tuple[str, str]]:
     return problems
 
 
-def _model(model_id: str, entry: Mapping[str, Any], line: int | None) -> ModelConfig:
+def _model(model_id: str, entry: Mapping[str, Any], line: int | None,
+           base: Path) -> ModelConfig:
     values = dict(entry)
+    if values.get("ca_bundle"):  # relative to the config's home, like base_model
+        values["ca_bundle"] = str(base / Path(values["ca_bundle"]).expanduser())
     values["generation"] = GenerationDefaults(**values.get("generation", {}))
     values["requirements"] = tuple(values.get("requirements", ()))
     values["server_args"] = tuple(values.get("server_args", ()))
