@@ -10,7 +10,8 @@ deletes the application (a cluster OWLLM did not start) or shuts the head node d
 (``address: local``: the head's processes share the driver's fate, carry its token and are
 its descendants, so the supervisor's group kill and reap find every one).
 
-Serve's application status maps onto OWLLM's (:data:`SERVE_STATUS`): DEPLOYING is STARTING
+Serve's application status maps onto OWLLM's (``owllm.inenv.ray_serve.SERVE_STATUS``, applied
+by the driver, which only the host's probes see): DEPLOYING is STARTING
 (the driver is not ready yet), RUNNING is RUNNING, UNHEALTHY stays RUNNING with ``healthy``
 false (Serve replaces the replica; the probes through the proxy fail meanwhile), and
 DEPLOY_FAILED ends the driver: FAILED during a start, CRASHED after one.
@@ -43,26 +44,11 @@ DRIVER_MODULE = "ray_serve"  # in owllm/inenv/
 EXTRA_HINT = "pip install 'owllm[ray]'"
 DEFAULT_OBJECT_STORE_MB = 200
 DEFAULT_PROXY_URL = "http://127.0.0.1:8000"  # Serve's own default
-# Serve application status -> (OWLLM status, healthy).  DEPLOY_FAILED never reaches a row
-# as such: the driver exits on it (see the module docstring).
-SERVE_STATUS: dict[str, tuple[str, bool]] = {
-    "NOT_STARTED": ("STARTING", False),
-    "DEPLOYING": ("STARTING", False),
-    "RUNNING": ("RUNNING", True),
-    "UNHEALTHY": ("RUNNING", False),
-    "DEPLOY_FAILED": ("FAILED", False),
-    "DELETING": ("STOPPED", False),
-}
 # An AF_UNIX socket path is at most 107 bytes; Ray puts its sockets at
 # <temp>/session_<date>_<pid>/sockets/<name> (about 65 bytes below the temp folder).
 MAX_TEMP_DIR_CHARS = 40
 _ADDRESS = re.compile(r"^(local|auto|ray://[^\s/]+:\d+|[A-Za-z0-9.\-\[\]:]+:\d+)$")
 _PREFIX = re.compile(r"^/[A-Za-z0-9._~\-/]*$")
-
-
-def owllm_status(serve_status: str) -> tuple[str, bool]:
-    """OWLLM's (status, healthy) for a Serve application status."""
-    return SERVE_STATUS.get(serve_status.upper(), ("RUNNING", False))
 
 
 def ray_version() -> str | None:

@@ -36,9 +36,26 @@ import time
 from typing import Any
 
 WATCH_PERIOD_S = 2.0
-# Serve's application statuses, as this module reports them (the host maps them onto its
-# own: owllm.backends.ray.SERVE_STATUS).
-FAILED_STATUSES = ("DEPLOY_FAILED",)
+# Serve application status -> (OWLLM status, healthy), as this driver acts on it: while an
+# application is STARTING the host's readiness keeps waiting; RUNNING serves; an UNHEALTHY
+# one keeps running (Serve replaces its replicas; the host's probes through the proxy see
+# it unhealthy); FAILED (DEPLOY_FAILED) or STOPPED (deleted behind OWLLM's back) ends this
+# driver with status 1, which the supervisor records as FAILED during a start, CRASHED after.
+SERVE_STATUS: dict[str, tuple[str, bool]] = {
+    "NOT_STARTED": ("STARTING", False),
+    "DEPLOYING": ("STARTING", False),
+    "RUNNING": ("RUNNING", True),
+    "UNHEALTHY": ("RUNNING", False),
+    "DEPLOY_FAILED": ("FAILED", False),
+    "DELETING": ("STOPPED", False),
+    "MISSING": ("STOPPED", False),  # no such application (any more)
+}
+
+
+def owllm_status(serve_status: str) -> tuple[str, bool]:
+    """OWLLM's (status, healthy) for a Serve application status (an unknown one: running,
+    not healthy)."""
+    return SERVE_STATUS.get(serve_status.upper(), ("RUNNING", False))
 
 
 def _log(message: str) -> None:
@@ -127,11 +144,13 @@ def watch(name: str) -> int:
         app = serve.status().applications.get(name)
         status = str(app.status.value if hasattr(app.status, "value") else app.status) \
             if app is not None else "MISSING"
+        ours, healthy = owllm_status(status)
         if status != last:
-            _log(f"application {name!r}: {status}"
-                 + (f" ({app.message})" if app is not None and app.message else ""))
+            _log(f"application {name!r}: {status} (OWLLM: {ours}"
+                 + ("" if healthy else ", not healthy") + ")"
+                 + (f": {app.message}" if app is not None and app.message else ""))
             last = status
-        if status in FAILED_STATUSES or status == "MISSING":
+        if ours in ("FAILED", "STOPPED"):
             return 1
         time.sleep(WATCH_PERIOD_S)
 

@@ -24,9 +24,10 @@ from typing import Any
 import psutil
 import pytest
 
-from owllm.backends.ray import SERVE_STATUS, owllm_status, temp_dir
+from owllm.backends.ray import temp_dir
 from owllm.config import load_config
 from owllm.errors import ConfigError
+from owllm.inenv.ray_serve import SERVE_STATUS, owllm_status
 
 REPLICA_MARK = "ServeReplica:demo-ray:"
 CONFIG = textwrap.dedent("""\
@@ -104,7 +105,8 @@ def test_serve_statuses_map_onto_owllms() -> None:
     assert owllm_status("DEPLOYING") == ("STARTING", False)
     assert owllm_status("RUNNING") == ("RUNNING", True)
     assert owllm_status("UNHEALTHY") == ("RUNNING", False)  # Serve replaces the replica
-    assert owllm_status("DEPLOY_FAILED") == ("FAILED", False)
+    assert owllm_status("DEPLOY_FAILED") == ("FAILED", False)  # the driver exits: FAILED/CRASHED
+    assert owllm_status("MISSING") == ("STOPPED", False)
     assert {"DEPLOYING", "RUNNING", "UNHEALTHY", "DEPLOY_FAILED"} <= set(SERVE_STATUS)
 
 
@@ -251,3 +253,39 @@ def test_stop_deletes_the_app_and_leaves_no_process(cluster: dict[str, Any]) -> 
     assert stop.returncode == 0, stop.stderr
     assert json.loads(stop.stdout)["status"] == "STOPPED"
     assert live(cluster["pids"]) == [] and with_token(row["extra"]["token"]) == []
+
+
+# -- engine: vllm (CUDA only: skipped here with the plugin's reason) ------------------------
+
+VLLM_ENVS = textwrap.dedent("""\
+    version: 1
+    keys:
+      ray-vllm:
+        packages: ["vllm", "ray[serve,llm]==2.60.0"]
+        probe_imports: [vllm, ray.serve.llm]
+    """)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_engine_vllm_serves_through_ray_serve_llm(tmp_path: Path) -> None:
+    """On a CUDA host: ``engine: vllm`` deploys through ``ray.serve.llm`` (LLMConfig +
+    build_openai_app) in an env that holds vllm and ray[llm], and smokes PASS."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "envs.yaml").write_text(VLLM_ENVS)
+    (tmp_path / "configs" / "llm_backends.yaml").write_text(textwrap.dedent("""\
+        models:
+          demo-ray-vllm:
+            base_model: "demo://tiny-llama"
+            backend: ray
+            env_key: ray-vllm
+            max_model_len: 1024
+            ray: {address: local, replicas: 1, num_gpus: 1, engine: vllm}
+        """))
+    try:
+        start = owllm(tmp_path, "server", "start", "demo-ray-vllm", "--json", timeout=1800)
+        assert start.returncode == 0, start.stdout[-3000:] + start.stderr[-3000:]
+        smoke = owllm(tmp_path, "model", "smoke", "demo-ray-vllm", "--json")
+        assert json.loads(smoke.stdout)["status"] == "PASS", smoke.stdout
+    finally:
+        owllm(tmp_path, "server", "stop", "demo-ray-vllm")
