@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import signal
@@ -113,8 +114,9 @@ def build_app(cfg: dict[str, Any]) -> Any:
         return build_openai_app({"llm_configs": [llm]})
     from .ray_app import OwllmServer
 
-    return OwllmServer.options(num_replicas=ray_cfg["replicas"],
-                               ray_actor_options=actor).bind(cfg)
+    deployment: Any = OwllmServer  # a serve.Deployment (the decorator's result)
+    return deployment.options(num_replicas=ray_cfg["replicas"],
+                              ray_actor_options=actor).bind(cfg)
 
 
 def connect(cfg: dict[str, Any], job_env: dict[str, Any]) -> None:
@@ -125,12 +127,12 @@ def connect(cfg: dict[str, Any], job_env: dict[str, Any]) -> None:
         os.environ.pop("RAY_ADDRESS", None)
         ray.init(address="local", num_cpus=cfg["cpus"], include_dashboard=False,
                  object_store_memory=int(ray_cfg["object_store_mb"]) * 1024 * 1024,
-                 _temp_dir=cfg["temp_dir"], namespace="owllm", logging_level="warning",
+                 _temp_dir=cfg["temp_dir"], namespace="owllm", logging_level=logging.WARNING,
                  runtime_env=job_env)
         _log(f"started a local head node ({cfg['cpus']} CPUs, object store "
              f"{ray_cfg['object_store_mb']} MB, files in {cfg['temp_dir']})")
     else:
-        ray.init(address=ray_cfg["address"], namespace="owllm", logging_level="warning",
+        ray.init(address=ray_cfg["address"], namespace="owllm", logging_level=logging.WARNING,
                  runtime_env=job_env)
         _log(f"connected to the Ray cluster at {ray_cfg['address']}")
 
