@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from importlib import metadata, util
 from pathlib import Path
@@ -47,6 +48,7 @@ DEFAULT_PROXY_URL = "http://127.0.0.1:8000"  # Serve's own default
 # An AF_UNIX socket path is at most 107 bytes; Ray puts its sockets at
 # <temp>/session_<date>_<pid>/sockets/<name> (about 65 bytes below the temp folder).
 MAX_TEMP_DIR_CHARS = 40
+KEEP_SESSIONS = 2  # Ray session folders kept per model (the last ones' logs)
 _ADDRESS = re.compile(r"^(local|auto|ray://[^\s/]+:\d+|[A-Za-z0-9.\-\[\]:]+:\d+)$")
 _PREFIX = re.compile(r"^/[A-Za-z0-9._~\-/]*$")
 
@@ -74,9 +76,9 @@ def options(model: ModelConfig) -> RayOptions:
 
 
 def temp_dir(root: Path) -> Path:
-    """Ray's session folder under the home (``<home>/.owllm/ray``), reached through a short
-    link in the system temp folder when the home's path would make Ray's socket paths too
-    long for AF_UNIX."""
+    """Ray's session folder under the home (``<home>/.owllm/ray/<model id>``), reached
+    through a short link in the system temp folder when the home's path would make Ray's
+    socket paths too long for AF_UNIX."""
     real = private_dir(root)
     if len(str(real)) <= MAX_TEMP_DIR_CHARS:
         return real
@@ -88,6 +90,18 @@ def temp_dir(root: Path) -> Path:
         staged.symlink_to(real)
         os.replace(staged, link)
     return link
+
+
+def prune_sessions(root: Path, keep: int = KEEP_SESSIONS) -> list[Path]:
+    """Remove all but the ``keep`` newest Ray session folders of one model (each start of a
+    local head node writes a new one, logs included).  Called at launch, under the model's
+    start lock, when no head node of this model is running."""
+    sessions = sorted((p for p in root.glob("session_*") if p.is_dir() and not p.is_symlink()),
+                      key=lambda p: p.stat().st_mtime)
+    old = sessions[:-keep] if keep else sessions
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old
 
 
 def _env_packages() -> dict[str, Any]:
@@ -153,6 +167,7 @@ class RayBackend:
                              hint=EXTRA_HINT)
         opts = options(model)
         state = ctx.home.state_dir
+        prune_sessions(state / "ray" / model.model_id)
         config_file = write_run_file(ctx.home, f"{model.model_id}.ray.json", {
             "model_id": model.model_id, "model_path": str(model_path),
             "model_type": model.model_type, "system_prompt": model.system_prompt,
@@ -164,7 +179,7 @@ class RayBackend:
             "ray": opts.to_dict(), "host": host, "port": port,
             "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count() or 1,
-            "temp_dir": str(temp_dir(state / "ray")),
+            "temp_dir": str(temp_dir(state / "ray" / model.model_id)),
             "stage_dir": str(private_dir(state / "run" / f"ray-{model.model_id}")),
         })
         root = f"http://{host}:{port}" if opts.address == "local" else str(opts.proxy_url)

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
-from owllm.backends.ray import temp_dir
+from owllm.backends.ray import prune_sessions, temp_dir
 from owllm.config import load_config
 from owllm.errors import ConfigError
 from owllm.inenv.ray_serve import SERVE_STATUS, owllm_status
@@ -99,6 +99,17 @@ def test_without_the_extra_a_ray_config_is_a_usage_error_naming_it(tmp_path: Pat
     assert run.returncode == 2, run.stderr
     assert "llm_backends.yaml:2: models.m.backend: backend: ray needs the ray extra" in run.stderr
     assert "pip install 'owllm[ray]'" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_old_ray_sessions_are_pruned(tmp_path: Path) -> None:
+    for age, name in enumerate(["session_a", "session_b", "session_c"]):
+        (tmp_path / name / "logs").mkdir(parents=True)
+        os.utime(tmp_path / name, (1000 + age, 1000 + age))
+    (tmp_path / "session_latest").symlink_to(tmp_path / "session_c")
+    removed = prune_sessions(tmp_path, keep=2)
+    assert removed == [tmp_path / "session_a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["session_b", "session_c",
+                                                          "session_latest"]
 
 
 def test_serve_statuses_map_onto_owllms() -> None:
@@ -180,6 +191,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         yield info
     finally:
         owllm(project, "server", "stop", "demo-ray")
+        link = temp_dir(project / "home" / ".owllm" / "ray" / "demo-ray")
+        if link.is_symlink():  # the short path Ray was given (a tmp home's is too long)
+            link.unlink()
         left = live(info["pids"]) + with_token(row["extra"]["token"])
         assert not left, f"processes left after server stop: {left}"
 
@@ -201,7 +215,8 @@ def test_deploys_two_replicas_behind_serves_proxy(cluster: dict[str, Any]) -> No
     assert row["url"] == f"http://127.0.0.1:{row['port']}/demo-ray"  # the route prefix
     assert len(replicas(row["pid"])) == 2
     # the head node's files are under the home
-    sessions = list((cluster["project"] / "home" / ".owllm" / "ray").glob("session_*"))
+    sessions = list((cluster["project"] / "home" / ".owllm" / "ray" / "demo-ray").glob(
+        "session_*"))
     assert sessions, "no Ray session folder under the home"
 
 
