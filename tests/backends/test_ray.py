@@ -2,10 +2,10 @@
 model as a Ray Serve application with two replicas of half a CPU each.
 
 One cluster for the whole module (it costs most of the module's time): the ``cluster``
-fixture starts it through the CLI (``owllm server start``), the tests use it in order
-(smokes → suites → kill -9 of a replica → suites again → stop), and the fixture's finalizer
-stops it and checks that no process OWLLM started for it is left.  The configuration
-tests need no cluster.
+fixture starts it through the CLI (``owllm server start``), one test walks it in order
+(smokes → kill -9 of a replica → suites → stop), and the fixture's finalizer stops it
+anyway and checks that no process OWLLM started for it is left.  The configuration tests
+need no cluster.
 """
 
 from __future__ import annotations
@@ -209,7 +209,16 @@ def run_suites(project: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_deploys_two_replicas_behind_serves_proxy(cluster: dict[str, Any]) -> None:
+def test_local_cluster_deploys_validates_heals_and_stops(cluster: dict[str, Any]) -> None:
+    """One test, in order, on one cluster: under ``-n 2`` (CI) xdist would deal separate
+    tests of this module to both workers, each starting a cluster of its own on 2 cores."""
+    deploys_two_replicas_behind_serves_proxy(cluster)
+    model_smoke_and_tools_smoke_pass(cluster)
+    suites_pass_after_a_replica_is_killed_and_replaced(cluster)
+    stop_deletes_the_app_and_leaves_no_process(cluster)
+
+
+def deploys_two_replicas_behind_serves_proxy(cluster: dict[str, Any]) -> None:
     row = cluster["row"]
     assert (row["status"], row["healthy"]) == ("RUNNING", True)
     assert row["url"] == f"http://127.0.0.1:{row['port']}/demo-ray"  # the route prefix
@@ -220,8 +229,7 @@ def test_deploys_two_replicas_behind_serves_proxy(cluster: dict[str, Any]) -> No
     assert sessions, "no Ray session folder under the home"
 
 
-@pytest.mark.slow
-def test_model_smoke_and_tools_smoke_pass(cluster: dict[str, Any]) -> None:
+def model_smoke_and_tools_smoke_pass(cluster: dict[str, Any]) -> None:
     model = owllm(cluster["project"], "model", "smoke", "demo-ray", "--json")
     assert model.returncode == 0, model.stdout + model.stderr
     result = json.loads(model.stdout)
@@ -232,8 +240,7 @@ def test_model_smoke_and_tools_smoke_pass(cluster: dict[str, Any]) -> None:
     assert outcome["status"] == "PASS" and outcome["call"]["tool"] == "calculator", outcome
 
 
-@pytest.mark.slow
-def test_suites_pass_after_a_replica_is_killed_and_replaced(cluster: dict[str, Any]) -> None:
+def suites_pass_after_a_replica_is_killed_and_replaced(cluster: dict[str, Any]) -> None:
     """The smokes above ran against both replicas; one suite run after the kill covers
     "the suites pass" and "pass again" in one (a run costs ~30 s on 2 cores)."""
     project, driver = cluster["project"], cluster["row"]["pid"]
@@ -260,8 +267,7 @@ def test_suites_pass_after_a_replica_is_killed_and_replaced(cluster: dict[str, A
     assert [(s["status"], s["healthy"]) for s in status] == [("RUNNING", True)]
 
 
-@pytest.mark.slow
-def test_stop_deletes_the_app_and_leaves_no_process(cluster: dict[str, Any]) -> None:
+def stop_deletes_the_app_and_leaves_no_process(cluster: dict[str, Any]) -> None:
     project, row = cluster["project"], cluster["row"]
     cluster["pids"] += [p.pid for p in psutil.Process(row["pid"]).children(recursive=True)]
     stop = owllm(project, "server", "stop", "demo-ray", "--json")
