@@ -157,6 +157,23 @@ def watch(name: str) -> int:
         time.sleep(WATCH_PERIOD_S)
 
 
+def failure_reason(name: str) -> str:
+    """The last line of each failed deployment's message (a replica's constructor error:
+    ``OSError: ... config.json``), which Serve's own summary leaves out."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(name)
+    except Exception:  # the cluster itself may be what failed
+        return ""
+    reasons = []
+    for deployment, info in (app.deployments.items() if app is not None else ()):
+        lines = [ln.strip() for ln in str(info.message or "").splitlines() if ln.strip()]
+        if lines:
+            reasons.append(f"{deployment}: {lines[-1]}")
+    return ("; " + "; ".join(reasons)) if reasons else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="OWLLM Ray Serve driver")
     parser.add_argument("--config-json", required=True)
@@ -178,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         serve.run(build_app(cfg), name=name, route_prefix=cfg["ray"]["route_prefix"])
         return watch(name)
     except RuntimeError as exc:  # serve.run's DEPLOY_FAILED, a cluster that refused us
-        print(f"owllm-ray: cannot deploy {name!r}: {exc}", file=sys.stderr, flush=True)
+        print(f"owllm-ray: cannot deploy {name!r}: {exc}{failure_reason(name)}",
+              file=sys.stderr, flush=True)
         return 1
     finally:
         if deployed and not local:  # a cluster we do not own keeps running without it
