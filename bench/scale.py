@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from owllm.backends.ray import temp_link
 from owllm.envs import EnvRegistry
 from owllm.servers.manager import LLMServerManager
 
@@ -117,6 +118,8 @@ def main() -> None:
                 results[name] = measure(manager, name, args.requests, args.tokens)
         finally:
             manager.stop_all()
+            for name in DEPLOYMENTS[1:]:  # the short links to Ray's folders in the tmp home
+                temp_link(manager.home.state_dir / "ray" / name).unlink(missing_ok=True)
     summary = summarize(results, args.requests, args.tokens)
     if args.json:
         print(json.dumps(summary))

@@ -75,6 +75,13 @@ def options(model: ModelConfig) -> RayOptions:
                          "proxy_url": (opts.proxy_url or DEFAULT_PROXY_URL).rstrip("/")})
 
 
+def temp_link(root: Path) -> Path:
+    """The short link :func:`temp_dir` makes for ``root`` when ``root`` is too long (the
+    same name each time: a home's models reuse their links)."""
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"owllm-ray-{digest}"
+
+
 def temp_dir(root: Path) -> Path:
     """Ray's session folder under the home (``<home>/.owllm/ray/<model id>``), reached
     through a short link in the system temp folder when the home's path would make Ray's
@@ -82,8 +89,7 @@ def temp_dir(root: Path) -> Path:
     real = private_dir(root)
     if len(str(real)) <= MAX_TEMP_DIR_CHARS:
         return real
-    digest = hashlib.sha256(str(real).encode()).hexdigest()[:12]
-    link = Path(tempfile.gettempdir()) / f"owllm-ray-{digest}"
+    link = temp_link(real)
     if not (link.is_symlink() and Path(os.readlink(link)) == real):
         staged = link.with_name(f"{link.name}.{os.getpid()}.tmp")
         staged.unlink(missing_ok=True)

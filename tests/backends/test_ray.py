@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
-from owllm.backends.ray import prune_sessions, temp_dir
+from owllm.backends.ray import prune_sessions, temp_dir, temp_link
 from owllm.config import load_config
 from owllm.errors import ConfigError
 from owllm.inenv.ray_serve import SERVE_STATUS, owllm_status
@@ -128,7 +128,7 @@ def test_ray_files_live_under_the_home_through_a_short_link(tmp_path: Path) -> N
     deep = tmp_path / ("d" * 60) / "home" / ".owllm" / "ray"
     link = temp_dir(deep)
     assert len(str(link)) <= 40 and link.is_symlink() and link.resolve() == deep.resolve()
-    assert temp_dir(deep) == link  # stable: the same home gets the same link
+    assert temp_dir(deep) == link == temp_link(deep)  # stable: the same link each time
     link.unlink()
 
 
@@ -191,9 +191,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         yield info
     finally:
         owllm(project, "server", "stop", "demo-ray")
-        link = temp_dir(project / "home" / ".owllm" / "ray" / "demo-ray")
-        if link.is_symlink():  # the short path Ray was given (a tmp home's is too long)
-            link.unlink()
+        # the short path Ray was given (a tmp home's is too long)
+        temp_link(project / "home" / ".owllm" / "ray" / "demo-ray").unlink(missing_ok=True)
         left = live(info["pids"]) + with_token(row["extra"]["token"])
         assert not left, f"processes left after server stop: {left}"
 
