@@ -25,6 +25,7 @@ import jsonschema
 from owllm._yaml_lines import Key, display, load_validated, schema_message
 from owllm.backends import backend_names, get_backend
 from owllm.errors import ConfigError, OwllmError
+from owllm.paths import home_for_config
 
 DEMO_SCHEME = "demo://"
 
@@ -34,6 +35,26 @@ class GenerationDefaults:
     max_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """``ray:`` of a ``backend: ray`` model (owllm/backends/ray.py; README "backend: ray")."""
+
+    address: str = "local"  # local | auto | ray://host:port | host:port
+    replicas: int = 1
+    num_cpus: float = 1.0  # per replica; fractional (0.5) packs two on one core
+    num_gpus: float = 0.0
+    route_prefix: str | None = None  # default /<model_id>
+    engine: str = "transformers"  # transformers | vllm
+    # address: local only: the head node's object store (Ray's minimum is 75 MB).
+    object_store_mb: int | None = None
+    # Where Serve's HTTP proxy answers on a cluster OWLLM did not start (address: local
+    # uses the port OWLLM claims for the model).
+    proxy_url: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,12 @@ class ModelConfig:
     served_model: str | None = None
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     timeout_s: float | None = None
+    # TLS of a remote endpoint: verified by default; ca_bundle adds a private CA (PEM).
+    tls_verify: bool = True
+    ca_bundle: str | None = None
+    # backend: ray (a Ray Serve application, owllm/backends/ray.py); other backends report
+    # it as an error naming the field.
+    ray: RayOptions | None = None
     line: int | None = None
 
     @property
@@ -92,6 +119,9 @@ class ModelConfig:
             # Names only: a header's value may be a credential.
             "headers": sorted(self.headers),
             "timeout_s": self.timeout_s,
+            "tls_verify": self.tls_verify,
+            "ca_bundle": self.ca_bundle,
+            "ray": self.ray.to_dict() if self.ray else None,
             "generation": {
                 "max_tokens": self.generation.max_tokens,
                 "temperature": self.generation.temperature,
@@ -192,11 +222,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         duplicate_label=lambda at: "model id" if at == ("models",) else "key",
         lines=lines,
     )
+    base = home_for_config(path)
     models = {
-        model_id: _model(model_id, entry or {}, lines.get(("models", model_id)))
+        model_id: _model(model_id, entry or {}, lines.get(("models", model_id)), base)
         for model_id, entry in data["models"].items()
     }
-    problems = [f"{display(path)}:{lines.get(('models', m.model_id, field), m.line) or '?'}: "
+    problems = [f"{display(path)}:{_line(lines, m, field) or '?'}: "
                 f"models.{m.model_id}.{field}: {message}"
                 for m in models.values() for field, message in _backend_problems(m)]
     if problems:
@@ -208,21 +239,45 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                   tool_server=server)
 
 
+def _line(lines: Mapping[Key, int], model: ModelConfig, field: str) -> int | None:
+    """The line of ``field`` (dotted for a nested one: ``ray.address``), else of the
+    nearest enclosing key, else of the model."""
+    parts = field.split(".")
+    for end in range(len(parts), 0, -1):
+        line = lines.get(("models", model.model_id, *parts[:end]))
+        if line is not None:
+            return line
+    return model.line
+
+
 def _backend_problems(model: ModelConfig) -> list[tuple[str, str]]:
     """Options the model's backend cannot honour (the backend decides, naming the field)."""
     try:
         backend = get_backend(model.backend)
     except OwllmError as exc:  # installed (the schema said so) but broken
         return [("backend", exc.message)]
-    return backend.config_problems(model)
+    problems = backend.config_problems(model)
+    if model.backend != "remote":
+        problems += [(name, f"{name} configures an endpoint's TLS and applies to "
+                      f"backend: remote only, not {model.backend}")
+                     for name, value in (("tls_verify", not model.tls_verify),
+                                         ("ca_bundle", model.ca_bundle)) if value]
+    if model.ray is not None and model.backend != "ray":
+        problems.append(("ray", f"ray: configures backend: ray only, not {model.backend}"))
+    return problems
 
 
-def _model(model_id: str, entry: Mapping[str, Any], line: int | None) -> ModelConfig:
+def _model(model_id: str, entry: Mapping[str, Any], line: int | None,
+           base: Path) -> ModelConfig:
     values = dict(entry)
+    if values.get("ca_bundle"):  # relative to the config's home, like base_model
+        values["ca_bundle"] = str(base / Path(values["ca_bundle"]).expanduser())
     values["generation"] = GenerationDefaults(**values.get("generation", {}))
     values["requirements"] = tuple(values.get("requirements", ()))
     values["server_args"] = tuple(values.get("server_args", ()))
     values["headers"] = MappingProxyType(dict(values.get("headers") or {}))
+    if values.get("ray") is not None:
+        values["ray"] = RayOptions(**values["ray"])
     if values.get("backend") == "remote":  # the endpoint's weights are not ours to name
         values.setdefault("base_model", values.get("served_model") or model_id)
     return ModelConfig(model_id=model_id, line=line, **values)

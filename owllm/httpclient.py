@@ -6,6 +6,11 @@ Two rules live here and nowhere else:
   machines) httpx would send ``http://127.0.0.1:PORT`` to the proxy, and a server that is
   listening looks dead.  A loopback URL gets ``trust_env=False`` (no proxy variables, no
   ``.netrc``); any other URL keeps the environment's settings.
+* **TLS is verified unless the endpoint's config says otherwise.**  A remote endpoint's
+  ``tls_verify: false`` or ``ca_bundle`` is recorded in its row (``extra``); the row's
+  settings are registered by origin whenever a request for the row is prepared
+  (:func:`row_headers`, which every row-based request calls), and :func:`request`,
+  :func:`stream` and :func:`client` apply them to URLs of that origin.
 * **The API key goes with every request, and nowhere else.**  A model's (or the tool
   server's) ``api_key_env`` names the variable that holds its key; the StateStore row records
   that *name* (``extra.api_key_env``), never the key, and :func:`bearer` reads the variable
@@ -14,8 +19,10 @@ Two rules live here and nowhere else:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
+import ssl
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,10 +70,52 @@ def _extra(row: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return extra if isinstance(extra, Mapping) else {}
 
 
+# origin -> False (no verification) or a CA bundle path; see the module docstring.
+_TLS: dict[str, bool | str] = {}
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+@functools.lru_cache(maxsize=16)
+def _ca_context(ca_bundle: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_bundle)
+
+
+def tls_verify(verify: bool = True, ca_bundle: str | None = None) -> bool | ssl.SSLContext:
+    """httpx's ``verify`` for an endpoint's settings: the system's CAs by default, the
+    endpoint's own CA bundle, or no verification at all (``tls_verify: false``)."""
+    if not verify:
+        return False
+    return _ca_context(ca_bundle) if ca_bundle else True
+
+
+def remember_tls(url: str, verify: bool = True, ca_bundle: str | None = None) -> None:
+    """Apply these TLS settings to every later request to ``url``'s origin."""
+    if verify and not ca_bundle:
+        _TLS.pop(_origin(url), None)
+    else:
+        _TLS[_origin(url)] = ca_bundle or False
+
+
+def _verify_for(url: str) -> bool | ssl.SSLContext:
+    setting = _TLS.get(_origin(url))
+    if setting is None:
+        return True
+    return tls_verify(False) if setting is False else tls_verify(True, str(setting))
+
+
 def row_headers(row: Mapping[str, Any] | None) -> dict[str, str]:
     """Headers for a server recorded in the StateStore: the bearer key of the variable named
-    in ``extra.api_key_env``, after the endpoint's own ``extra.headers`` (backend: remote)."""
+    in ``extra.api_key_env``, after the endpoint's own ``extra.headers`` (backend: remote).
+    Registers the row's TLS settings (``extra.tls_verify``, ``extra.ca_bundle``) too."""
     extra = _extra(row)
+    url = str((row or {}).get("url") or "")
+    if url.startswith("https://"):
+        remember_tls(url, extra.get("tls_verify") is not False, extra.get("ca_bundle"))
     name = extra.get("api_key_env")
     headers = {str(k): str(v) for k, v in (extra.get("headers") or {}).items()}
     if name:
@@ -107,12 +156,14 @@ def client(base_url: str = "", *, headers: Mapping[str, str] | None = None,
            timeout: float = 30.0) -> httpx.Client:
     """An ``httpx.Client`` that follows the module's rules for ``base_url``."""
     return httpx.Client(base_url=base_url, headers=dict(headers or {}), timeout=timeout,
-                        trust_env=not is_loopback(base_url) if base_url else True)
+                        trust_env=not is_loopback(base_url) if base_url else True,
+                        verify=_verify_for(base_url) if base_url else True)
 
 
 def request(method: str, url: str, *, headers: Mapping[str, str] | None = None,
             timeout: float = 30.0, **kwargs: Any) -> httpx.Response:
     """One request (``httpx.request`` with the module's rules)."""
+    kwargs.setdefault("verify", _verify_for(url))
     return httpx.request(method, url, headers=dict(headers or {}), timeout=timeout,
                          trust_env=not is_loopback(url), **kwargs)
 
@@ -128,5 +179,6 @@ def post(url: str, **kwargs: Any) -> httpx.Response:
 def stream(method: str, url: str, *, headers: Mapping[str, str] | None = None,
            timeout: float = 30.0, **kwargs: Any) -> Any:
     """``httpx.stream`` with the module's rules (a context manager)."""
+    kwargs.setdefault("verify", _verify_for(url))
     return httpx.stream(method, url, headers=dict(headers or {}), timeout=timeout,
                         trust_env=not is_loopback(url), **kwargs)

@@ -50,7 +50,7 @@ def test_provision_json_has_cold_over_uv_and_concurrent(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("script", ["suite.py", "serve.py", "backends.py", "validate.py",
-                                    "provision.py"])
+                                    "provision.py", "scale.py"])
 def test_every_bench_takes_json(script: str) -> None:
     done = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True,
                           text=True, timeout=120, check=False)
@@ -63,3 +63,23 @@ def test_bad_argument_is_a_clear_error(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "--seconds must be > 0" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_scale_json_keys_and_p95() -> None:
+    """bench/scale.py's --json keys (a real run starts three servers, two of them Ray
+    clusters: minutes, so CI pins the contract and the p95 rule without one)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scale
+    finally:
+        sys.path.remove(str(BENCH))
+    assert scale.p95([float(i) for i in range(1, 21)]) == 19.0 and scale.p95([3.0]) == 3.0
+    figures = {"rps": 2.0, "p95_s": 4.0, "p50_s": 3.0, "wall_s": 16.0, "start_s": 9.0}
+    summary = scale.summarize({"direct": figures, "ray1": {**figures, "rps": 1.0},
+                               "ray2": {**figures, "p95_s": 2.0}}, 32, 16)
+    assert set(summary) == {"ray1_over_direct_rps", "ray1_over_direct_p95",
+                            "ray2_over_ray1_rps", "ray2_over_ray1_p95", "requests", "tokens",
+                            "direct", "ray1", "ray2"}
+    assert (summary["ray1_over_direct_rps"], summary["ray2_over_ray1_rps"],
+            summary["ray2_over_ray1_p95"]) == (0.5, 2.0, 0.5)
+    json.dumps(summary)

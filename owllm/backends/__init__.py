@@ -57,6 +57,7 @@ _SOURCE_TREE_BACKENDS = {
     "vllm": "owllm.backends.vllm:VllmBackend",
     "llamacpp": "owllm.backends.llamacpp:LlamaCppBackend",
     "remote": "owllm.backends.remote:RemoteBackend",
+    "ray": "owllm.backends.ray:RayBackend",
 }
 
 #: What every tool-call prompt template asks for: one strict JSON envelope.  A backend's
@@ -104,6 +105,9 @@ class LaunchSpec:
     # Host-dependent CPU settings (dtype, kernel families) and why they have their value;
     # one with a ``fallback`` is retried with it when the server dies of a CPU fault.
     kernels: tuple[KernelChoice, ...] = ()
+    # Where the server answers, when not at ``http://host:port`` (a Ray Serve application
+    # behind its route prefix): recorded as the row's url, used by readiness and clients.
+    url: str | None = None
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,15 @@ configured ``headers`` (:func:`owllm.httpclient.row_headers` and ``served_model`
 What the endpoint can do is probed at attach time, never assumed: whether it honours an
 OpenAI ``json_schema`` response format is recorded in ``extra.capabilities``, and the smokes
 use that instead of the backend's static :class:`~owllm.backends.Capabilities`.  TLS
-certificates are verified (httpx's default); errors name the URL without credentials and
-the HTTP status.
+certificates are verified (httpx's default) unless ``tls_verify: false``; ``ca_bundle``
+names a private CA's PEM file (recorded in the row, so the smokes and suites verify the same
+way: :func:`owllm.httpclient.row_headers`).  Errors name the URL without credentials and
+the HTTP status, or the TLS failure.
 """
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,14 +66,20 @@ def _call(model: ModelConfig, method: str, url: str, timeout: float,
           **kwargs: Any) -> httpx.Response:
     """One request of the ladder; a connection failure or an auth refusal is a ServerError
     that names the URL (never its credentials) and the status."""
+    verify = httpclient.tls_verify(model.tls_verify, model.ca_bundle)
     try:
         response = httpclient.request(method, url, headers=_headers(model), timeout=timeout,
-                                      **kwargs)
+                                      verify=verify, **kwargs)
     except httpx.TimeoutException as exc:
         raise _fail(model, url, f"no answer within timeout_s={timeout:g}s "
                     f"({type(exc).__name__})", hint="check base_url and that the endpoint "
                     "is up; raise timeout_s for a slow one") from exc
     except httpx.HTTPError as exc:
+        tls = _tls_failure(exc)
+        if tls is not None:
+            raise _fail(model, url, tls, hint="set ca_bundle to the PEM file of the CA that "
+                        "signed the endpoint's certificate (or tls_verify: false, for a test "
+                        "endpoint only)") from exc
         raise _fail(model, url, f"cannot connect ({type(exc).__name__}: {exc})",
                     hint="check base_url and that the endpoint is up and reachable") from exc
     if response.status_code in (401, 403):
@@ -79,6 +88,22 @@ def _call(model: ModelConfig, method: str, url: str, timeout: float,
                     f"({var})", hint="set api_key_env to the variable that holds the "
                     "endpoint's key, and export that variable")
     return response
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """What went wrong with TLS, when that is why a request failed (httpx wraps the ssl
+    module's error in a ConnectError)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"TLS certificate not trusted ({seen.verify_message or seen.reason})"
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS handshake failed ({seen.reason or seen})"
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"TLS certificate not trusted ({text})"
+    return None
 
 
 def _check_models(model: ModelConfig, root: str, served: str, timeout: float) -> None:
@@ -128,6 +153,22 @@ def probe_structured_output(model: ModelConfig, root: str, served: str,
     return response.status_code == 200
 
 
+def _tls_problems(model: ModelConfig) -> list[tuple[str, str]]:
+    """TLS options that cannot apply: to a plain-HTTP URL, both at once, a missing CA file."""
+    tls = [name for name, value in (("tls_verify", not model.tls_verify),
+                                     ("ca_bundle", model.ca_bundle)) if value]
+    if tls and not (model.base_url or "").lower().startswith("https://"):
+        return [(name, f"{name} configures TLS, and base_url is not https://")
+                for name in tls]
+    if len(tls) == 2:
+        return [("tls_verify", "tls_verify: false turns verification off, so ca_bundle "
+                 "would not be used: keep one of them")]
+    if model.ca_bundle and not Path(model.ca_bundle).is_file():
+        return [("ca_bundle", f"{model.ca_bundle} is not a file (a PEM file of CA "
+                 "certificates; a relative path is read from the config's home)")]
+    return []
+
+
 class RemoteBackend:
     """An OpenAI-compatible endpoint OWLLM attaches to (see the module docstring)."""
 
@@ -153,6 +194,7 @@ class RemoteBackend:
             problems.append(("base_url", f"{model.base_url!r} names no host"))
         elif url.query or url.fragment:
             problems.append(("base_url", "base_url takes no query or fragment"))
+        problems += _tls_problems(model)
         problems += [("headers", f"header {key!r}: use api_key_env for the bearer key, "
                       "never the key in the config") for key in model.headers
                      if key.lower() == "authorization"]
@@ -182,5 +224,6 @@ class RemoteBackend:
                 "port": parts.port or (443 if parts.scheme == "https" else 80),
                 "extra": {"managed": False, "served_model": served,
                           "api_key_env": model.api_key_env, "headers": dict(model.headers),
-                          "timeout_s": timeout,
+                          "timeout_s": timeout, "tls_verify": model.tls_verify,
+                          "ca_bundle": model.ca_bundle,
                           "capabilities": {"structured_output": structured}}}

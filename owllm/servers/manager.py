@@ -180,7 +180,7 @@ class LLMServerManager:
 
     def _run(self, model: ModelConfig, spec: LaunchSpec, port: int,
              log_path: Path) -> dict[str, Any]:
-        url = f"http://{HOST}:{port}"
+        url = spec.url or f"http://{HOST}:{port}"
         health_only = [False]  # /health said 200 but a completion failed
 
         def ready() -> bool:
@@ -208,7 +208,7 @@ class LLMServerManager:
                             model_id=model.model_id)
         return self.supervisor.run(
             MODEL_KIND, model.model_id, executor, explain=explain,
-            ready=lambda: {"extra": {"api_key_env": model.api_key_env,
+            ready=lambda: {"url": url, "extra": {"api_key_env": model.api_key_env,
                                      "kernels": {k.setting: k.to_dict()
                                                  for k in spec.kernels}}})
 

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 BUILT_IN = {"transformers": "owllm.backends.transformers:TransformersBackend",
             "vllm": "owllm.backends.vllm:VllmBackend",
             "llamacpp": "owllm.backends.llamacpp:LlamaCppBackend",
-            "remote": "owllm.backends.remote:RemoteBackend"}
+            "remote": "owllm.backends.remote:RemoteBackend",
+            "ray": "owllm.backends.ray:RayBackend"}
 
 
 class Incomplete:
