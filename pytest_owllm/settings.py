@@ -22,6 +22,9 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
      "run OWLLM's built-in env, model, tools and fuzz suites against the selected models, "
      "next to the collected tests (implied by --owllm-model; ini 'owllm_suites = false' "
      "turns that off)"),
+    ("--owllm-conformance", "owllm_conformance", "bool",
+     "add the OpenAI conformance suite (marker owllm_conformance) to the built-in suites "
+     "(implies --owllm; '-m owllm_conformance' runs it alone)"),
 )
 
 
@@ -32,6 +35,7 @@ class OwllmSettings:
     home: Path | None
     keep_servers: bool
     suites: bool = False  # whether the built-in suites join the collection
+    conformance: bool = False  # whether the conformance suite joins them
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -66,6 +70,7 @@ def resolve(config: pytest.Config) -> OwllmSettings:
         home=Path(str(home)).resolve() if home else None,
         keep_servers=bool(_get(config, "owllm_keep_servers")),
         suites=_wants_suites(config),
+        conformance=bool(_get(config, "owllm_conformance")),
     )
 
 
@@ -76,7 +81,7 @@ def _wants_suites(config: pytest.Config) -> bool:
     project's default selection for its own tests and must not pull the suites into every
     run.  An explicit ``owllm_suites = false`` wins over that implication.
     """
-    if config.getoption("owllm_suites"):
+    if config.getoption("owllm_suites") or config.getoption("owllm_conformance"):
         return True
     ini = config.getini("owllm_suites")
     if ini is not None:

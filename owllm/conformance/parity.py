@@ -1,0 +1,75 @@
+"""Greedy parity of two endpoints serving the same weights (issue #15, and #17 later with
+thresholds): the same prompts through the completions endpoint at temperature 0 must give
+the same tokens.  A divergence is reported with its first token position and both texts.
+
+Tokens are the pieces each endpoint reports: ``logprobs.tokens`` where it returns them,
+else its streamed deltas (one per token on the servers OWLLM runs)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from owllm.conformance._core import Target, ok_json
+
+PROMPTS = ("The capital of France is", "Once upon a time", "1, 2, 3, 4,")
+MAX_TOKENS = 16
+
+
+def first_divergence(a: Sequence[str], b: Sequence[str]) -> int | None:
+    """The first index where the two token lists differ (a shorter list differs at its
+    end); None when they are equal."""
+    for index, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return index
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+@dataclass(frozen=True)
+class PromptParity:
+    """One prompt's greedy continuations on both endpoints."""
+
+    prompt: str
+    tokens_a: tuple[str, ...]
+    tokens_b: tuple[str, ...]
+    diverges_at: int | None
+
+    @property
+    def agrees(self) -> bool:
+        return self.diverges_at is None
+
+    def describe(self, name_a: str = "a", name_b: str = "b") -> str:
+        if self.agrees:
+            return f"{self.prompt!r}: {len(self.tokens_a)} tokens agree"
+        return (f"{self.prompt!r}: diverges at token {self.diverges_at}: "
+                f"{name_a} {''.join(self.tokens_a)!r} vs {name_b} {''.join(self.tokens_b)!r}")
+
+
+def greedy_tokens(target: Target, prompt: str, max_tokens: int = MAX_TOKENS) -> list[str]:
+    """The greedy continuation of ``prompt`` as the endpoint's token pieces."""
+    body = {"model": target.model, "prompt": prompt, "max_tokens": max_tokens,
+            "temperature": 0, "logprobs": 1}
+    choice = ok_json(target.post("/v1/completions", body))["choices"][0]
+    tokens = (choice.get("logprobs") or {}).get("tokens")
+    if tokens:
+        return [str(t) for t in tokens]
+    body.pop("logprobs")
+    pieces: list[str] = []
+    with target.http.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                for c in json.loads(line[6:]).get("choices") or []:
+                    if c.get("text"):
+                        pieces.append(c["text"])
+    return pieces
+
+
+def greedy_parity(a: Target, b: Target, prompts: Sequence[str] = PROMPTS,
+                  max_tokens: int = MAX_TOKENS) -> list[PromptParity]:
+    """Each prompt's greedy tokens on ``a`` and ``b`` and where they first diverge."""
+    out = []
+    for prompt in prompts:
+        ta, tb = greedy_tokens(a, prompt, max_tokens), greedy_tokens(b, prompt, max_tokens)
+        out.append(PromptParity(prompt, tuple(ta), tuple(tb), first_divergence(ta, tb)))
+    return out
