@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from owllm.conformance import CHECKS
+
 MODULE = "test_conformance.py"
 MARKER = "owllm_conformance"
 PLUGIN = "owllm-conformance-table"
@@ -57,7 +59,8 @@ class Recorder:
 def table(results: dict[tuple[str, str], str]) -> list[str]:
     """The results as text lines: one row per check, one column per model."""
     models = sorted({m for m, _ in results})
-    checks = list(dict.fromkeys(c for _, c in results))  # first-seen order (the suite's)
+    order = {check.name: i for i, check in enumerate(CHECKS)}  # the suite's order
+    checks = sorted({c for _, c in results}, key=lambda c: (order.get(c, len(order)), c))
     width = max(len(c) for c in checks) + 2
     cols = [max(len(m), 11) + 2 for m in models]
     lines = ["check".ljust(width) + "".join(m.ljust(w) for m, w in zip(models, cols,
