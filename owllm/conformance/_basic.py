@@ -104,8 +104,7 @@ def _expect_400(t: Target, cases: dict[str, dict[str, Any] | bytes], status: int
     """Send each case; every answer must be ``status`` with an OpenAI error body."""
     seen, bad = [], []
     for label, body in cases.items():
-        response = (t.post(path, content=body) if isinstance(body, bytes)
-                    else t.post(path, body))
+        response = t.bad(path, body)
         shape = error_shape(response) if response.status_code >= 400 else None
         seen.append(f"{label}: {response.status_code}")
         if response.status_code != status:
@@ -150,8 +149,7 @@ def _no_traceback(t: Target) -> Outcome:
                                                               "content": {"a": 1}}]}}
     found = []
     for label, body in bodies.items():
-        response = (t.post(CHAT, content=body) if isinstance(body, bytes)
-                    else t.post(CHAT, body))
+        response = t.bad(CHAT, body)
         leak = leaks(response.text)
         if leak:
             found.append(f"{label} (HTTP {response.status_code}): {leak!r}")
@@ -165,7 +163,7 @@ def _too_large(t: Target) -> Outcome:
     tail = b'"}]}'
     body = head + b"a" * (BODY_CAP + 1 - len(head) - len(tail)) + tail
     try:
-        response = t.post(CHAT, content=body)
+        response = t.bad(CHAT, body)
     except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
         return verdict(False, f"connection dropped ({type(exc).__name__})",
                        "HTTP 413 (or a 400 naming the context length)",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,6 +28,8 @@ PASSED, FAILED, UNSUPPORTED = "passed", "failed", "unsupported"
 EXTRA_HINT = ("the conformance suite needs the official openai client: "
               "pip install 'owllm[conformance]'")
 # What leaks from a server's internals into a response (a traceback, a source path).
+BAD_READ_BYTES = 64 << 10
+BAD_WALL_S = 30.0
 LEAK_PATTERNS = (re.compile(r"Traceback \(most recent call last\)"),
                  re.compile(r"File \"[^\"]+\", line \d+"),
                  re.compile(r"/(?:site|dist)-packages/"),
@@ -108,10 +111,36 @@ class Target:
                                   headers={"Content-Type": "application/json"})
         return self.http.post(path, json=body)
 
+    def bad(self, path: str, body: Any) -> Answer:
+        """A request that should be refused: the status and at most ``BAD_READ_BYTES`` of the
+        answer, within ``BAD_WALL_S`` — an endpoint that accepts ``max_tokens: -1`` may
+        stream until its context is full, and the check needs only the first bytes."""
+        kwargs: dict[str, Any] = ({"content": body,
+                                   "headers": {"Content-Type": "application/json"}}
+                                  if isinstance(body, bytes) else {"json": body})
+        started = time.monotonic()
+        data = b""
+        with self.http.stream("POST", path, timeout=BAD_WALL_S, **kwargs) as response:
+            for chunk in response.iter_raw():
+                data += chunk
+                if len(data) >= BAD_READ_BYTES or time.monotonic() - started > BAD_WALL_S:
+                    break
+            return Answer(response.status_code, data.decode("utf-8", "replace"),
+                          response.headers.get("content-type", ""))
+
     def close(self) -> None:
         for name in ("http", "client"):
             if name in self.__dict__:
                 self.__dict__.pop(name).close()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The first bytes of an answer (:meth:`Target.bad`)."""
+
+    status_code: int
+    text: str
+    content_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,19 +181,21 @@ def names_parameter(text: str, params: tuple[str, ...]) -> str | None:
         param = error.get("param") if isinstance(error, dict) else None
     except (ValueError, AttributeError):
         param = None
-    for name in params:
-        if param == name or re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", text):
+    for name in params:  # tool_choice is named as "tool choice" too
+        pattern = re.escape(name).replace("_", "[_ ]")
+        if param == name or re.search(rf"(?<![\w.]){pattern}(?![\w])", text):
             return name
     return None
 
 
-def error_shape(response: httpx.Response) -> str | None:
+def error_shape(response: httpx.Response | Answer) -> str | None:
     """None when the body is an OpenAI error (``{"error": {"message": ...}}``), else what
     is wrong with it."""
     try:
-        data = response.json()
+        data = json.loads(response.text)
     except ValueError:
-        kind = response.headers.get("content-type", "?")
+        kind = (response.content_type if isinstance(response, Answer)
+                else response.headers.get("content-type", "?"))
         return f"the body is not JSON ({kind}): {response.text[:120]!r}"
     error = data.get("error") if isinstance(data, dict) else None
     if not isinstance(error, dict) or not isinstance(error.get("message"), str):

@@ -20,13 +20,16 @@ SCHEMA = {"type": "object", "additionalProperties": False, "required": ["answer"
 
 
 def _pick_stop(text: str) -> str | None:
-    """A 3-character piece of ``text`` that first occurs past its start, with no whitespace
-    at its ends and no U+FFFD (a byte token rendered half: servers differ there)."""
-    for start in range(1, len(text) - 2):
-        piece = text[start:start + 3]
-        if piece.strip() == piece and "\ufffd" not in piece and text.index(piece) > 0:
-            return piece
-    return None
+    """A piece of ``text`` (3 characters, else 2, else 1) that first occurs past its start,
+    with no whitespace at its ends and no U+FFFD (a byte token rendered half: servers differ
+    there); one whose prefix has no U+FFFD either is preferred."""
+    candidates = []
+    for size in (3, 2, 1):
+        for start in range(1, len(text) - size + 1):
+            piece = text[start:start + size]
+            if piece.strip() == piece and "\ufffd" not in piece and text.index(piece) > 0:
+                candidates.append((("\ufffd" in text[:text.index(piece)]), -size, piece))
+    return min(candidates)[2] if candidates else None
 
 
 def _stop_excluded(t: Target) -> Outcome:

@@ -28,7 +28,7 @@ FAULTS = (
     "n_refused_unnamed", "logprobs_ignored", "usage_missing", "seed_ignored", "top_p_500",
     "json_schema_ignored", "tools_required_ignored", "tools_named_bad_args",
     "tools_auto_bad_args", "tools_none_ignored", "tool_name_repeated", "tool_cut_finish",
-    "tool_message_500",
+    "tool_message_500", "max_tokens_endless",
 )
 
 
@@ -117,6 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, f"model {model!r} does not exist", "model")
         max_tokens = body.get("max_tokens", 16)
         if max_tokens < 1:
+            if "max_tokens_endless" in faults:  # generates until the client hangs up
+                return self._endless()
             if "max_tokens_500" in faults:
                 return self._send(500, TRACEBACK, "text/plain")
             return self._error(400, "max_tokens must be at least 1", "max_tokens")
@@ -134,6 +136,20 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("stream"):
             return self._stream(answer.chunks())
         self._send(200, answer.response())
+
+    def _endless(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        chunk = json.dumps({"object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": {"content": "sea "}, "finish_reason": None}]})
+        try:
+            while True:
+                self.wfile.write(f"data: {chunk}\n\n".encode())
+        except OSError:
+            return
 
     def _stream(self, chunks: Iterator[dict[str, Any]]) -> None:
         self.send_response(200)

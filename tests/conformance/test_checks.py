@@ -99,6 +99,14 @@ def test_a_400_naming_the_parameter_is_unsupported_any_other_refusal_fails(
     assert unnamed.measured == "HTTP 400" and "unsupported request" in unnamed.detail
 
 
+def test_an_endpoint_that_accepts_a_bad_request_and_streams_forever_is_cut_off(
+        target: Target, stub: StubOpenAI) -> None:
+    stub.faults = {"max_tokens_endless"}
+    outcome = conformance.run_check(BY_NAME["errors.max_tokens_zero_400"], target)
+    assert outcome.status == conformance.FAILED
+    assert outcome.measured == "0: 200, -1: 200, -1 streamed: 200", outcome
+
+
 def test_a_dead_endpoint_fails_every_check_with_no_answer() -> None:
     with StubOpenAI() as gone:
         url = gone.url
