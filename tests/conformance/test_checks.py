@@ -7,6 +7,7 @@ The checks' verdicts on OWLLM's own transformers server: test_real_server.py."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +149,8 @@ def test_greedy_parity_agrees_on_the_same_model_and_reports_a_divergence() -> No
     text = result.describe("tf", "llama")
     assert f"diverges at token {result.diverges_at}" in text
     assert "".join(result.tokens_a) in text and "".join(result.tokens_b) in text
+
+
+def test_the_docs_list_every_check() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "conformance.md").read_text()
+    assert [c.name for c in CHECKS if f"| `{c.name}` |" not in docs] == []
