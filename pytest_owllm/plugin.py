@@ -9,6 +9,9 @@ resolution :class:`owllm.envs.EnvRegistry`.
 * The built-in suites (env, model, tools, fuzz) ship inside this package; ``--owllm``,
   ``--owllm-model`` or the ini key ``owllm_suites`` adds them to whatever the run collects,
   so a project that holds only ``configs/llm_backends.yaml`` gets them from ``pytest`` alone.
+* The OpenAI conformance suite among them is opt-in (``--owllm-conformance``, ini
+  ``owllm_conformance``, or ``-m owllm_conformance``); its table is
+  :mod:`pytest_owllm.conformance_report`.
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
      "next to the collected tests (implied by --owllm-model; ini 'owllm_suites = false' "
      "turns that off)"),
     ("--owllm-conformance", "owllm_conformance", "bool",
-     "add the OpenAI conformance suite (marker owllm_conformance) to the built-in suites "
-     "(implies --owllm; '-m owllm_conformance' runs it alone)"),
+     "add the OpenAI conformance suite (marker owllm_conformance) to the built-in suites; "
+     "the option implies --owllm, the ini key does not; '-m owllm_conformance' runs it "
+     "alone"),
 )
 
 

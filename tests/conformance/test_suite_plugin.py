@@ -57,6 +57,11 @@ def test_the_suite_is_opt_in_and_its_ids_name_model_and_check(
     both = items(project.runpytest_subprocess("--collect-only", "-q",
                                               "--owllm-conformance"))
     assert set(selected) < set(both) and set(default) < set(both)
+    # the ini key adds it whenever the suites run; unlike the option it does not run them
+    project.makeini("[pytest]\nowllm_conformance = true\n")
+    assert items(project.runpytest_subprocess("--collect-only", "-q")) == []
+    assert set(items(project.runpytest_subprocess("--collect-only", "-q", "--owllm"))) == set(
+        both)
 
 
 def test_results_reach_junit_and_the_table_under_xdist(project: pytest.Pytester,
