@@ -64,6 +64,7 @@ def test_the_suite_is_opt_in_and_its_ids_name_model_and_check(
         both)
 
 
+@pytest.mark.slow
 def test_results_reach_junit_and_the_table_under_xdist(project: pytest.Pytester,
                                                        stub: StubOpenAI) -> None:
     stub.faults = {"n_refused", "logprobs_ignored"}
