@@ -31,7 +31,7 @@ from owllm.conformance._core import (
 )
 from owllm.conformance.parity import PromptParity, first_divergence, greedy_parity
 
-CHECKS: tuple[Check, ...] = _basic.CHECKS + _params.CHECKS + _tools.CHECKS
+CHECKS: tuple[Check, ...] = _basic.CHECKS + _params.CHECKS + _tools.CHECKS + _basic.LAST
 BY_NAME: dict[str, Check] = {check.name: check for check in CHECKS}
 
 __all__ = ["BY_NAME", "CHECKS", "EXTRA_HINT", "FAILED", "PASSED", "UNSUPPORTED", "Check",

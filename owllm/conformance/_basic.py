@@ -142,8 +142,8 @@ def _max_tokens_zero(t: Target) -> Outcome:
 def _no_traceback(t: Target) -> Outcome:
     bodies: dict[str, Any] = {
         "bad json": b'{"model": ', "wrong shape": {"model": t.model, "messages": 7},
-        "max_tokens -1 streamed": {"model": t.model, "messages": HELLO, "max_tokens": -1,
-                                   "stream": True},
+        "tool_choice naming no tool": {"model": t.model, "messages": HELLO,
+                                       "tool_choice": {"function": "f"}},
         "unknown role": {"model": t.model, "messages": [{"role": "wizard", "content": "x"}]},
         "content an object": {"model": t.model, "messages": [{"role": "user",
                                                               "content": {"a": 1}}]}}
@@ -195,11 +195,15 @@ CHECKS = (
           "HTTP 400 with an OpenAI error object", _malformed_json),
     Check("errors.wrong_shape_400", "messages as a string; a message without role; "
           "max_tokens as a string", "HTTP 400 with an OpenAI error object", _wrong_shape),
-    Check("errors.max_tokens_zero_400", "max_tokens 0; -1; -1 streamed",
-          "HTTP 400 with an OpenAI error object", _max_tokens_zero),
     Check("errors.no_traceback", "five malformed requests",
           "no traceback or server file path in any answer", _no_traceback),
     Check("errors.too_large_413", f"a {BODY_CAP + 1}-byte chat body",
           "HTTP 413 (or 400 naming the context length), never a 5xx or a dropped connection",
           _too_large),
+)
+# Run after every other check: a server that accepts max_tokens 0 or -1 may generate until
+# its context is full, or forever (llama-cpp-python on main), and serve nothing else meanwhile.
+LAST = (
+    Check("errors.max_tokens_zero_400", "max_tokens 0; -1; -1 streamed",
+          "HTTP 400 with an OpenAI error object", _max_tokens_zero),
 )
