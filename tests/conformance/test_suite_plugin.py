@@ -52,8 +52,8 @@ def test_the_suite_is_opt_in_and_its_ids_name_model_and_check(
     assert default and not any("test_conformance" in i for i in default)
     selected = items(project.runpytest_subprocess("--collect-only", "-q", "--owllm",
                                                   "-m", "owllm_conformance"))
-    assert selected == [f"{IDS}::test_openai[stub-{c.name}]" for c in CHECKS] + [
-        f"{IDS}::test_backend_parity[no-pair]"]
+    assert selected == [f"{IDS}::test_backend_parity[no-pair]"] + [
+        f"{IDS}::test_openai[stub-{c.name}]" for c in CHECKS]
     both = items(project.runpytest_subprocess("--collect-only", "-q",
                                               "--owllm-conformance"))
     assert set(selected) < set(both) and set(default) < set(both)
