@@ -41,7 +41,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if run.config.models[reference].backend == model.backend:
             continue
         gpu = run.needs_gpu(reference) or run.needs_gpu(model_id)
-        params.append(pytest.param((reference, model_id), id=f"{reference}~{model_id}",
+        params.append(pytest.param((reference, model_id), id=f"{reference}-vs-{model_id}",
                                    marks=[pytest.mark.gpu] if gpu else []))
     if not params:
         params = [pytest.param(None, id="no-pair", marks=pytest.mark.skip(

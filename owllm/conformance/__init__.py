@@ -29,14 +29,19 @@ from owllm.conformance._core import (
     openai_available,
     run_check,
 )
-from owllm.conformance.parity import PromptParity, first_divergence, greedy_parity
+from owllm.conformance.parity import (
+    PromptParity,
+    first_divergence,
+    greedy_parity,
+    text_divergence,
+)
 
 CHECKS: tuple[Check, ...] = _basic.CHECKS + _params.CHECKS + _tools.CHECKS + _basic.LAST
 BY_NAME: dict[str, Check] = {check.name: check for check in CHECKS}
 
 __all__ = ["BY_NAME", "CHECKS", "EXTRA_HINT", "FAILED", "PASSED", "UNSUPPORTED", "Check",
            "Outcome", "PromptParity", "Target", "first_divergence", "greedy_parity",
-           "openai_available", "run_all", "run_check"]
+           "openai_available", "run_all", "run_check", "text_divergence"]
 
 
 def run_all(target: Target, names: Iterable[str] | None = None) -> list[tuple[Check, Outcome]]:

@@ -4,7 +4,7 @@ the same tokens.  A divergence is reported with its first token position and bot
 
 Tokens are the pieces each endpoint reports: ``logprobs.tokens`` where it returns them,
 else its streamed deltas (one per token on the servers OWLLM runs).  Equal texts agree;
-unequal ones are reported at the first piece that differs."""
+unequal ones are reported at the first character that differs and the token holding it."""
 
 from __future__ import annotations
 
@@ -27,6 +27,31 @@ def first_divergence(a: Sequence[str], b: Sequence[str]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+def _token_at(tokens: Sequence[str], offset: int) -> int:
+    """The index of the piece of ``tokens`` that holds character ``offset`` of their text
+    (``len(tokens)`` past the end)."""
+    end = 0
+    for index, token in enumerate(tokens):
+        end += len(token)
+        if offset < end:
+            return index
+    return len(tokens)
+
+
+def text_divergence(a: Sequence[str], b: Sequence[str]) -> tuple[int, int] | None:
+    """Where two continuations first differ: (token index, character offset), None when
+    their texts are equal.  Endpoints cut text into pieces differently (one streams two
+    tokens as one piece where a UTF-8 character is incomplete), so the texts are compared and
+    the token is the one holding the first differing character in the finer of the two
+    lists."""
+    x, y = "".join(a), "".join(b)
+    if x == y:
+        return None
+    offset = next((i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q),
+                  min(len(x), len(y)))
+    return max(_token_at(a, offset), _token_at(b, offset)), offset
+
+
 @dataclass(frozen=True)
 class PromptParity:
     """One prompt's greedy continuations on both endpoints."""
@@ -34,7 +59,8 @@ class PromptParity:
     prompt: str
     tokens_a: tuple[str, ...]
     tokens_b: tuple[str, ...]
-    diverges_at: int | None
+    diverges_at: int | None  # the first divergent token, None when they agree
+    char_at: int | None = None  # the first divergent character of the text
 
     @property
     def agrees(self) -> bool:
@@ -43,7 +69,8 @@ class PromptParity:
     def describe(self, name_a: str = "a", name_b: str = "b") -> str:
         if self.agrees:
             return f"{self.prompt!r}: {len(self.tokens_a)} tokens agree"
-        return (f"{self.prompt!r}: diverges at token {self.diverges_at}: "
+        return (f"{self.prompt!r}: diverges at token {self.diverges_at} (character "
+                f"{self.char_at}): "
                 f"{name_a} {''.join(self.tokens_a)!r} vs {name_b} {''.join(self.tokens_b)!r}")
 
 
@@ -72,8 +99,6 @@ def greedy_parity(a: Target, b: Target, prompts: Sequence[str] = PROMPTS,
     out = []
     for prompt in prompts:
         ta, tb = greedy_tokens(a, prompt, max_tokens), greedy_tokens(b, prompt, max_tokens)
-        # Equal texts agree even where the pieces differ: a server that holds back a partial
-        # UTF-8 character streams two tokens as one piece.
-        at = None if "".join(ta) == "".join(tb) else first_divergence(ta, tb)
-        out.append(PromptParity(prompt, tuple(ta), tuple(tb), at))
+        at = text_divergence(ta, tb)
+        out.append(PromptParity(prompt, tuple(ta), tuple(tb), *(at or (None, None))))
     return out

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from owllm import conformance
-from owllm.conformance import BY_NAME, CHECKS, Target, first_divergence, greedy_parity
+from owllm.conformance import (
+    BY_NAME,
+    CHECKS,
+    Target,
+    first_divergence,
+    greedy_parity,
+    text_divergence,
+)
 from owllm.conformance._core import leaks, names_parameter
 from tests.conformance.stub_openai import FAULTS, StubOpenAI
 
@@ -132,6 +139,10 @@ def test_first_divergence() -> None:
     assert first_divergence(["a", "b"], ["a", "b"]) is None
     assert first_divergence(["a", "b", "c"], ["a", "x", "c"]) == 1
     assert first_divergence(["a"], ["a", "b"]) == 1
+    # pieces cut differently: the texts decide, the finer list names the token
+    assert text_divergence(["ab", "c"], ["a", "b", "c"]) is None
+    assert text_divergence(["ab", "cd"], ["a", "b", "c", "x"]) == (3, 3)
+    assert text_divergence(["a"], ["a", "b"]) == (1, 1)
 
 
 def test_greedy_parity_agrees_on_the_same_model_and_reports_a_divergence() -> None:
@@ -147,7 +158,7 @@ def test_greedy_parity_agrees_on_the_same_model_and_reports_a_divergence() -> No
     [result] = differ
     assert result.diverges_at is not None and not result.agrees
     text = result.describe("tf", "llama")
-    assert f"diverges at token {result.diverges_at}" in text
+    assert f"diverges at token {result.diverges_at} (character {result.char_at})" in text
     assert "".join(result.tokens_a) in text and "".join(result.tokens_b) in text
 
 
