@@ -38,13 +38,15 @@ def _token_at(tokens: Sequence[str], offset: int) -> int:
     return len(tokens)
 
 
-def text_divergence(a: Sequence[str], b: Sequence[str]) -> tuple[int, int] | None:
+def text_divergence(a: Sequence[str], b: Sequence[str], text_a: str | None = None,
+                    text_b: str | None = None) -> tuple[int, int] | None:
     """Where two continuations first differ: (token index, character offset), None when
-    their texts are equal.  Endpoints cut text into pieces differently (one streams two
-    tokens as one piece where a UTF-8 character is incomplete), so the texts are compared and
-    the token is the one holding the first differing character in the finer of the two
-    lists."""
-    x, y = "".join(a), "".join(b)
+    their texts are equal.  The texts are the pieces joined unless given (an endpoint's
+    non-streamed text).  Endpoints cut text into pieces differently (one streams two tokens
+    as one piece where a UTF-8 character is incomplete), so the texts are compared and the
+    token is the one holding the first differing character in the finer of the two lists."""
+    x = "".join(a) if text_a is None else text_a
+    y = "".join(b) if text_b is None else text_b
     if x == y:
         return None
     offset = next((i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q),
@@ -61,6 +63,8 @@ class PromptParity:
     tokens_b: tuple[str, ...]
     diverges_at: int | None  # the first divergent token, None when they agree
     char_at: int | None = None  # the first divergent character of the text
+    text_a: str = ""
+    text_b: str = ""
 
     @property
     def agrees(self) -> bool:
@@ -71,17 +75,20 @@ class PromptParity:
             return f"{self.prompt!r}: {len(self.tokens_a)} tokens agree"
         return (f"{self.prompt!r}: diverges at token {self.diverges_at} (character "
                 f"{self.char_at}): "
-                f"{name_a} {''.join(self.tokens_a)!r} vs {name_b} {''.join(self.tokens_b)!r}")
+                f"{name_a} {self.text_a!r} vs {name_b} {self.text_b!r}")
 
 
-def greedy_tokens(target: Target, prompt: str, max_tokens: int = MAX_TOKENS) -> list[str]:
-    """The greedy continuation of ``prompt`` as the endpoint's token pieces."""
+def greedy_tokens(target: Target, prompt: str,
+                  max_tokens: int = MAX_TOKENS) -> tuple[str, list[str]]:
+    """The greedy continuation of ``prompt``: its (non-streamed) text, and its token pieces
+    (``logprobs.tokens``, else the streamed deltas)."""
     body = {"model": target.model, "prompt": prompt, "max_tokens": max_tokens,
             "temperature": 0, "logprobs": 1}
     choice = ok_json(target.post("/v1/completions", body))["choices"][0]
+    text = str(choice.get("text") or "")
     tokens = (choice.get("logprobs") or {}).get("tokens")
     if tokens:
-        return [str(t) for t in tokens]
+        return text, [str(t) for t in tokens]
     body.pop("logprobs")
     pieces: list[str] = []
     with target.http.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
@@ -90,15 +97,16 @@ def greedy_tokens(target: Target, prompt: str, max_tokens: int = MAX_TOKENS) -> 
                 for c in json.loads(line[6:]).get("choices") or []:
                     if c.get("text"):
                         pieces.append(c["text"])
-    return pieces
+    return text, pieces
 
 
 def greedy_parity(a: Target, b: Target, prompts: Sequence[str] = PROMPTS,
                   max_tokens: int = MAX_TOKENS) -> list[PromptParity]:
-    """Each prompt's greedy tokens on ``a`` and ``b`` and where they first diverge."""
+    """Each prompt's greedy continuation on ``a`` and ``b`` and where they first diverge."""
     out = []
     for prompt in prompts:
-        ta, tb = greedy_tokens(a, prompt, max_tokens), greedy_tokens(b, prompt, max_tokens)
-        at = text_divergence(ta, tb)
-        out.append(PromptParity(prompt, tuple(ta), tuple(tb), *(at or (None, None))))
+        (xa, ta), (xb, tb) = greedy_tokens(a, prompt, max_tokens), greedy_tokens(
+            b, prompt, max_tokens)
+        token, char = text_divergence(ta, tb, xa, xb) or (None, None)
+        out.append(PromptParity(prompt, tuple(ta), tuple(tb), token, char, xa, xb))
     return out

@@ -159,7 +159,8 @@ def test_greedy_parity_agrees_on_the_same_model_and_reports_a_divergence() -> No
     assert result.diverges_at is not None and not result.agrees
     text = result.describe("tf", "llama")
     assert f"diverges at token {result.diverges_at} (character {result.char_at})" in text
-    assert "".join(result.tokens_a) in text and "".join(result.tokens_b) in text
+    assert repr(result.text_a) in text and repr(result.text_b) in text
+    assert result.text_a == "".join(result.tokens_a) and result.text_b == "".join(result.tokens_b)
 
 
 def test_the_docs_list_every_check() -> None:
