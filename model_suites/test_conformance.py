@@ -6,9 +6,10 @@ Opt-in: the suite joins a run with ``--owllm-conformance`` (ini ``owllm_conforma
 ``-m`` expression naming ``owllm_conformance``, or this file named as an argument.  Each item
 records ``conformance_*`` JUnit properties (status, measured, expected, detail) and the run
 ends with a model x check table.  A check the endpoint refuses with a 400 naming the
-parameter is *unsupported*: the item skips with that reason; a parameter silently ignored
-fails.  Models with the same ``base_model`` on different backends are also compared for
-greedy parity (completions, temperature 0, 16 tokens, fixed prompts).
+parameter is *unsupported*: the item skips with that reason (fails with
+``--owllm-conformance-strict``); a parameter silently ignored fails.  Models with the same
+``base_model`` on different backends are also compared for greedy parity (completions,
+temperature 0, 16 tokens, fixed prompts).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from owllm import conformance
 from owllm.conformance import BY_NAME, CHECKS, Target
 from pytest_owllm.run import get_run
+from pytest_owllm.settings import OwllmSettings
 
 pytestmark = [pytest.mark.owllm_conformance, pytest.mark.slow]
 
@@ -89,13 +91,14 @@ def test_backend_parity(owllm_parity_pair: tuple[str, str],
 
 @pytest.mark.parametrize("check", [c.name for c in CHECKS])
 def test_openai(owllm_model_id: str, check: str, owllm_conformance_target: Target,
+                owllm_settings: OwllmSettings,
                 record_property: Callable[[str, Any], None]) -> None:
     outcome = conformance.run_check(BY_NAME[check], owllm_conformance_target)
     record_property("conformance_model", owllm_model_id)
     record_property("conformance_check", check)
     for key, value in outcome.to_dict().items():
         record_property(f"conformance_{key}", value)
-    if outcome.status == conformance.UNSUPPORTED:
+    if outcome.status == conformance.UNSUPPORTED and not owllm_settings.conformance_strict:
         pytest.skip(f"unsupported: {check}: {outcome.detail}")
     assert outcome.status == conformance.PASSED, (
         f"{check} on {owllm_model_id}: {outcome.detail or outcome.measured}\n"

@@ -26,6 +26,9 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
      "add the OpenAI conformance suite (marker owllm_conformance) to the built-in suites; "
      "the option implies --owllm, the ini key does not; '-m owllm_conformance' runs it "
      "alone"),
+    ("--owllm-conformance-strict", "owllm_conformance_strict", "bool",
+     "a conformance check the endpoint refuses with a 400 naming the parameter fails "
+     "instead of skipping as unsupported (to require the full API)"),
 )
 
 
@@ -37,6 +40,7 @@ class OwllmSettings:
     keep_servers: bool
     suites: bool = False  # whether the built-in suites join the collection
     conformance: bool = False  # whether the conformance suite joins them
+    conformance_strict: bool = False  # unsupported (a 400 naming the parameter) fails
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -72,6 +76,7 @@ def resolve(config: pytest.Config) -> OwllmSettings:
         keep_servers=bool(_get(config, "owllm_keep_servers")),
         suites=_wants_suites(config),
         conformance=bool(_get(config, "owllm_conformance")),
+        conformance_strict=bool(_get(config, "owllm_conformance_strict")),
     )
 
 

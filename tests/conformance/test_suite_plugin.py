@@ -100,6 +100,19 @@ def test_results_reach_junit_and_the_table_under_xdist(project: pytest.Pytester,
     assert props["test_openai[stub-n.two]"]["conformance_status"] == "unsupported"
 
 
+def test_strict_mode_fails_an_unsupported_check(project: pytest.Pytester,
+                                                stub: StubOpenAI) -> None:
+    stub.faults = {"n_refused"}
+    lenient = project.runpytest_subprocess("-m", "owllm_conformance", "--owllm-model", "stub",
+                                           "-k", "n.two")
+    lenient.assert_outcomes(skipped=1)
+    strict = project.runpytest_subprocess("-m", "owllm_conformance", "--owllm-model", "stub",
+                                          "-k", "n.two", "--owllm-conformance-strict")
+    strict.assert_outcomes(failed=1)
+    strict.stdout.fnmatch_lines(["*n.two on stub: refused: *only n=1 is supported*",
+                                 "n.two * unsupported"])
+
+
 def test_without_the_openai_client_items_skip_naming_the_extra(
         project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     (project.path / "block_openai.py").write_text(BLOCKER)
