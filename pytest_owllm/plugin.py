@@ -9,6 +9,9 @@ resolution :class:`owllm.envs.EnvRegistry`.
 * The built-in suites (env, model, tools, fuzz) ship inside this package; ``--owllm``,
   ``--owllm-model`` or the ini key ``owllm_suites`` adds them to whatever the run collects,
   so a project that holds only ``configs/llm_backends.yaml`` gets them from ``pytest`` alone.
+* The OpenAI conformance suite among them is opt-in (``--owllm-conformance``, ini
+  ``owllm_conformance``, or ``-m owllm_conformance``); its table is
+  :mod:`pytest_owllm.conformance_report`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_owllm import collection, settings
+from pytest_owllm import collection, conformance_report, settings
 from pytest_owllm.fixtures import *  # noqa: F403  (the default fixtures)
 from pytest_owllm.run import RUN_INPUT, end_run, get_run, run_owner, start_run
 
@@ -28,6 +31,8 @@ MARKERS = {
     "owllm_env": "an OWLLM environment health check",
     "owllm_model": "an OWLLM model server check",
     "owllm_tools": "an OWLLM tool-calling check",
+    "owllm_conformance": "an OpenAI API conformance check of a model's endpoint (opt-in: "
+                         "--owllm-conformance or -m owllm_conformance)",
 }
 
 
@@ -39,6 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, help_text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {help_text}")
     run = start_run(config)
+    config.pluginmanager.register(conformance_report.Recorder(), conformance_report.PLUGIN)
     config.args[:] = [collection.suites_arg(config, arg) for arg in config.args]
     if (run.settings.models or run.settings.suites) and not config.option.help:
         # An unknown --owllm-model, or asking for the suites without a config, is a usage
@@ -98,6 +104,15 @@ def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> 
         return None
     return pytest.Module.from_parent(parent, path=module_path,
                                      nodeid=f"{nodeid}/{module_path.name}")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The conformance suite is opt-in (:func:`conformance_report.wanted`): without it a
+    run's suites, and this repo's own test run, stay as they were."""
+    if not conformance_report.is_module(collection_path, collection.suites_dir()):
+        return None
+    return None if conformance_report.wanted(config, get_run(config).settings.conformance) \
+        else True
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -22,6 +22,13 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
      "run OWLLM's built-in env, model, tools and fuzz suites against the selected models, "
      "next to the collected tests (implied by --owllm-model; ini 'owllm_suites = false' "
      "turns that off)"),
+    ("--owllm-conformance", "owllm_conformance", "bool",
+     "add the OpenAI conformance suite (marker owllm_conformance) to the built-in suites; "
+     "the option implies --owllm, the ini key does not; '-m owllm_conformance' runs it "
+     "alone"),
+    ("--owllm-conformance-strict", "owllm_conformance_strict", "bool",
+     "a conformance check the endpoint refuses with a 400 naming the parameter fails "
+     "instead of skipping as unsupported (to require the full API)"),
 )
 
 
@@ -32,6 +39,8 @@ class OwllmSettings:
     home: Path | None
     keep_servers: bool
     suites: bool = False  # whether the built-in suites join the collection
+    conformance: bool = False  # whether the conformance suite joins them
+    conformance_strict: bool = False  # unsupported (a 400 naming the parameter) fails
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -66,6 +75,8 @@ def resolve(config: pytest.Config) -> OwllmSettings:
         home=Path(str(home)).resolve() if home else None,
         keep_servers=bool(_get(config, "owllm_keep_servers")),
         suites=_wants_suites(config),
+        conformance=bool(_get(config, "owllm_conformance")),
+        conformance_strict=bool(_get(config, "owllm_conformance_strict")),
     )
 
 
@@ -76,7 +87,7 @@ def _wants_suites(config: pytest.Config) -> bool:
     project's default selection for its own tests and must not pull the suites into every
     run.  An explicit ``owllm_suites = false`` wins over that implication.
     """
-    if config.getoption("owllm_suites"):
+    if config.getoption("owllm_suites") or config.getoption("owllm_conformance"):
         return True
     ini = config.getini("owllm_suites")
     if ini is not None:
