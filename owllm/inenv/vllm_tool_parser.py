@@ -329,12 +329,12 @@ try:
     )
     from vllm.tool_parsers.abstract_tool_parser import ToolParser, ToolParserManager
 except ImportError:  # outside vLLM (OWLLM's unit tests of the scanner)
-    ToolParser = None  # type: ignore[assignment,misc]
+    ToolParser = None
 
 
 if ToolParser is not None:
 
-    class OwllmToolParser(ToolParser):  # type: ignore[misc,valid-type]
+    class OwllmToolParser(ToolParser):
         """``--tool-call-parser owllm``: see the module docstring.  vLLM makes one instance
         per request (per choice), so the stream's scanner lives on the instance."""
 
