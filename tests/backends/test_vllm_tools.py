@@ -13,14 +13,20 @@ leaves alone under ``auto``.  The parser's scanner is also tested here without v
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from owllm.backends.vllm import TOOLS_PREAMBLE
+from owllm.backends import BackendContext
+from owllm.backends.vllm import TOOL_PARSER_SOURCE, TOOLS_PREAMBLE, VllmBackend
+from owllm.config import ModelConfig
+from owllm.envs import EnvSpec
 from owllm.inenv.vllm_tool_parser import EnvelopeScanner, scan_whole
+from owllm.paths import Home
 
 FLAG = {"name": "get_flag", "description": "Say yes or no.", "parameters": {
     "type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
@@ -116,6 +122,39 @@ def test_text_after_a_call_is_content() -> None:
     assert [(c["name"], c["arguments"]) for c in calls] == [("calc", "{}")]
     assert rest == " and more" and calls[0]["id"].startswith("call_")
     assert streamed(text, 3)[0] == " and more"
+
+
+# -- the launch --------------------------------------------------------------------------
+
+def launch_argv(tmp_path: Path, *server_args: str) -> list[str]:
+    folder = tmp_path / "model"
+    folder.mkdir(exist_ok=True)
+    (folder / "chat_template.jinja").write_text("{{ messages }}", encoding="utf-8")
+    env = EnvSpec(key="vllm-cpu", path=tmp_path, python_executable=Path(sys.executable))
+    ctx = BackendContext(home=Home(tmp_path / "home").ensure(), env=env, base_dir=tmp_path,
+                         registry=None)  # type: ignore[arg-type]
+    model = ModelConfig(model_id="m", base_model=str(folder), backend="vllm", device="cpu",
+                        dtype="float32", server_args=server_args)
+    return list(VllmBackend().launch(model, folder, ctx, "127.0.0.1", 1).argv)
+
+
+def test_launch_registers_owllms_parser_and_a_template_that_describes_tools(
+        tmp_path: Path) -> None:
+    argv = launch_argv(tmp_path)
+    plugin = Path(argv[argv.index("--tool-parser-plugin") + 1])
+    assert plugin.read_text(encoding="utf-8") == TOOL_PARSER_SOURCE.read_text(encoding="utf-8")
+    assert argv[argv.index("--tool-call-parser") + 1] == "owllm"
+    assert "--enable-auto-tool-choice" in argv
+    template = Path(argv[argv.index("--chat-template") + 1]).read_text(encoding="utf-8")
+    assert template.startswith("{%- if tools -%}") and template.endswith("{{ messages }}")
+    assert json.dumps(TOOLS_PREAMBLE) in template
+
+
+def test_a_users_own_tool_parser_replaces_owllms(tmp_path: Path) -> None:
+    argv = launch_argv(tmp_path, "--tool-call-parser", "hermes")
+    assert argv.count("--tool-call-parser") == 1 and argv[-1] == "hermes"
+    assert "--tool-parser-plugin" not in argv and "--enable-auto-tool-choice" not in argv
+    assert "--chat-template" not in argv  # no system prompt, no tools clause: nothing to wrap
 
 
 # -- the real server ----------------------------------------------------------------------
@@ -229,6 +268,7 @@ def test_auto_may_answer_in_text_and_none_never_calls(client: openai.OpenAI) -> 
         calls, finish, content = joined(ask(client, tool_choice=choice_name, max_tokens=8,
                                             stream=True))
         assert calls == {} and content == (choice.message.content or "")
+        assert finish == choice.finish_reason
 
 
 @pytest.mark.slow
