@@ -18,6 +18,7 @@ a proxy, as everywhere in OWLLM: :mod:`owllm.httpclient`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -280,30 +281,35 @@ def _root(base_url: str) -> str:
 
 
 def _within(budget_s: float, ep: _Endpoint, names: list[str]) -> dict[str, Probed]:
-    """The checks at once, each in a daemon thread; those still running when ``budget_s``
-    ends are unknown (their threads end with their own timeouts, or with the process).
-    :data:`SLOW_FIRST` checks start only once the others are done: batched with them, one
-    slow warm-up would hold every other answer back."""
+    """The checks at once, each in a daemon thread; those not answered when ``budget_s``
+    ends are unknown, and the client is closed under them (a server that notices the
+    disconnect stops working for nobody).  :data:`SLOW_FIRST` checks are not run at all:
+    their first request would keep the server busy for seconds after the start returned,
+    delaying the user's first request (and a smoke's timings); they stay unknown for a
+    later probe (:func:`unknown`)."""
     found: dict[str, Probed] = {}
     deadline = time.monotonic() + budget_s
+    threads = []
+    for name in names:
+        if name in SLOW_FIRST:
+            continue
 
-    def start(group: list[str]) -> None:
-        threads = []
-        for name in group:
-            def work(name: str = name) -> None:
+        def work(name: str = name) -> None:
+            with contextlib.suppress(Exception):  # the client closed under a late check
                 found[name] = _run(CHECKS[name], ep)
-            thread = threading.Thread(target=work, name=f"owllm-probe-{name}", daemon=True)
-            thread.start()
-            threads.append(thread)
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-    start([n for n in names if n not in SLOW_FIRST])
-    if time.monotonic() < deadline:
-        start([n for n in names if n in SLOW_FIRST])
+        thread = threading.Thread(target=work, name=f"owllm-probe-{name}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    results = dict(found)  # a late thread may still write to found
+    with contextlib.suppress(Exception):
+        ep.client.close()
     late = Probed(None, f"not answered within the probe's {budget_s:g} s budget (the first "
                         "request of a kind can be slow while the server warms up)")
-    return {name: found.get(name, late) for name in names}
+    slow = Probed(None, "not probed within a budget: its first request warms the server up "
+                        "for seconds")
+    return {name: results.get(name, slow if name in SLOW_FIRST else late) for name in names}
 
 
 def probe_capabilities(base_url: str, model: str, *, headers: Mapping[str, str] | None = None,
@@ -328,7 +334,7 @@ def probe_capabilities(base_url: str, model: str, *, headers: Mapping[str, str] 
                           verify=verify, trust_env=not is_loopback(base_url))
     ep = _Endpoint(client, model)
     if budget_s is not None:
-        return _within(budget_s, ep, names)  # late threads still use the client
+        return _within(budget_s, ep, names)  # closes the client itself
     with client:
         return {name: _run(CHECKS[name], ep) for name in names}
 

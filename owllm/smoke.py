@@ -182,8 +182,9 @@ def _model_smoke(manager: LLMServerManager, model_id: str, keep: bool) -> ModelS
             result.startup_s, result.reused_running_server = served.startup_s, served.was_running
             result.dtype, result.dtype_reason = kernels["dtype"], kernels["dtype_reason"]
             result.kernels = kernels["kernels"]
-            result.capabilities = {**result.capabilities, **complete_capabilities(row)}
             _health_and_generate(result, row, model.model_type, model.generation.max_tokens)
+            # After the timed generation: a check's first request may warm the server up.
+            result.capabilities = {**result.capabilities, **complete_capabilities(row)}
     except OwllmError as exc:
         if served is not None:
             raise  # stopping failed: not a smoke result, the manager's own error

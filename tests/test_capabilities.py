@@ -106,19 +106,21 @@ def test_the_key_and_headers_are_sent_and_a_refusal_is_a_reason(
 def test_a_budget_leaves_slow_checks_unknown_and_a_later_probe_completes_them(
         limited: tuple[str, Any]) -> None:
     url, handler = limited
-    handler.slow = ("logprobs",)
+    handler.slow = ("n",)
     started = time.monotonic()
     results = probe_capabilities(url, "m", api_key=KEY, budget_s=2.0)
     assert time.monotonic() - started < 3.5
-    assert results["logprobs"].supported is None
-    assert "2 s budget" in results["logprobs"].reason
+    assert results["n"].supported is None and "2 s budget" in results["n"].reason
+    # logprobs warms some servers up for seconds: never probed within a budget.
+    assert results["logprobs"].supported is None and "warms" in results["logprobs"].reason
     assert results["chat"].supported is True  # the others answered meanwhile
     record = capability_record(results)
-    assert capabilities.unknown(record) == ["logprobs"]
+    assert capabilities.unknown(record) == ["logprobs", "n"]
     handler.slow = ()
     merged = capabilities.merge(record, probe_capabilities(url, "m", api_key=KEY,
-                                                           checks=["logprobs"]))
+                                                           checks=["logprobs", "n"]))
     assert merged["logprobs"] is False and "missing" in merged["reasons"]["logprobs"]
+    assert merged["n"] is False and merged["reasons"]["n"] == "n=2 answered 1 choice(s)"
     assert merged["chat"] is True and capabilities.unknown(merged) == []
 
 
