@@ -69,6 +69,7 @@ class EnvelopeScanner:
         self.string_start = 0
         self.level = 1  # the depth of an envelope's fields (2 inside a top-level array)
         self.expect = "key"  # key | colon | value | end  (at the envelope level)
+        self.item_next = False  # in a top-level array: an envelope may start here
         self.envelopes: list[Envelope] = []
         self.end = 0  # where a complete top-level value ends
 
@@ -118,7 +119,7 @@ class EnvelopeScanner:
             if self.end:
                 return True  # trailing text after a complete value: handled in feed()
             if ch == "[":
-                self.level = 2
+                self.level, self.item_next = 2, True
                 self.stack.append("[")
                 return True
             if ch == "{":
@@ -128,18 +129,17 @@ class EnvelopeScanner:
                 return True
             return False
         if self.level == 2 and depth == 1:  # between envelopes of a top-level array
-            if ch == "{":
-                if self.envelopes and not self.envelopes[-1].complete:
-                    return False
+            if ch == "{" and self.item_next:
                 self.stack.append("{")
                 self.envelopes.append(Envelope())
-                self.expect = "key"
+                self.expect, self.item_next = "key", False
                 return True
-            if ch == "," and self.envelopes and self.envelopes[-1].complete:
-                return True
-            if ch == "]" and self.envelopes and self.envelopes[-1].complete:
-                self.stack.pop()
-                self.end = i + 1
+            if ch in ",]" and not self.item_next and self.envelopes:
+                if ch == ",":
+                    self.item_next = True
+                else:
+                    self.stack.pop()
+                    self.end = i + 1
                 return True
             return False
         assert env is not None

@@ -99,7 +99,7 @@ def test_streamed_calls_join_to_the_whole_answers_calls(text: str, step: int) ->
 
 @pytest.mark.parametrize("text", [
     "Hello there", 'hello {"tool": "calc", "args": {}}', '{"tool": "nope", "args": {}}',
-    '{"answer": 1}', '{"tool": "calc", "args": 5, "id": "x"}', "[1, 2]", "{}",
+    '{"answer": 1}', '{"tool": "calc", "args": 5, "id": "x"}', "[1, 2]", "{}", "[]",
 ])
 @pytest.mark.parametrize("step", [1, 3, 1000])
 def test_text_that_is_not_a_call_is_content_verbatim(text: str, step: int) -> None:
@@ -112,6 +112,15 @@ def test_a_call_cut_short_is_no_call_in_a_whole_answer() -> None:
     assert scan_whole(text, {"calc"}) is None  # vLLM then says "length", not "tool_calls"
     _, calls = streamed(text, 4)
     assert calls[0]["name"] == "calc" and calls[0]["arguments"] == '{"a": 1'
+
+
+def test_calls_in_an_array_need_their_commas() -> None:
+    text = '[{"tool": "calc", "args": {}} {"tool": "echo", "args": {}}]'
+    assert scan_whole(text, {"calc", "echo"}) is None
+    content, calls = streamed(text, 5)
+    assert [c["name"] for c in calls.values()] == ["calc"]  # sent before the break
+    assert content.startswith(" {") or content.startswith("{")
+    assert scan_whole('[{"tool": "calc", "args": {}}, ]', {"calc"}) is None
 
 
 def test_text_after_a_call_is_content() -> None:
