@@ -366,7 +366,8 @@ def unknown(record: Mapping[str, Any]) -> list[str]:
 
 def merge(record: Mapping[str, Any], results: Mapping[str, Probed]) -> dict[str, Any]:
     """``record`` with ``results`` (a later probe of some checks) written over it."""
-    probed = {name: Probed(record.get(name), str((record.get("reasons") or {}).get(name, "")))
+    reasons = record.get("reasons") if isinstance(record.get("reasons"), Mapping) else {}
+    probed = {name: Probed(record.get(name), str(reasons.get(name, "")))
               for name in CHECKS if name in record}
     probed.update(results)
     merged = capability_record(probed)

@@ -103,9 +103,12 @@ def probed_capabilities(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def complete_capabilities(row: dict[str, Any]) -> dict[str, Any]:
-    """:func:`probed_capabilities`, with the checks the start left unknown probed now."""
+    """:func:`probed_capabilities`, with the checks the start left unknown probed now (for
+    a server OWLLM runs, also those its row lacks: started by an older OWLLM, or its probe
+    broke)."""
     found = probed_capabilities(row)
-    missing = capabilities.unknown(found)
+    missing = capabilities.unknown(found) if is_attached_row(row) else \
+        [name for name in capabilities.CHECKS if found.get(name) is None]
     if not missing or not row.get("url"):
         return found
     try:

@@ -122,5 +122,9 @@ def test_checks_a_start_left_unknown_are_probed_by_the_smoke(
         assert completed["completions"] is True and completed["chat"] is False
         assert completed["reasons"]["chat"] == "the choice has no message"
         assert capabilities.unknown(completed) == []
+        # A row without a record (an older OWLLM started it, or its probe broke): all of it.
+        bare = complete_capabilities({**row, "extra": {**row["extra"], "capabilities": {
+            "error": "the capability probe failed: RuntimeError"}}})
+        assert set(CHECKS) <= set(bare) and bare["completions"] is True
     finally:
         manager.stop_server("ok4")
