@@ -199,10 +199,11 @@ def _tools_streaming(ep: _Endpoint) -> str:
     chunks = ep.stream("/v1/chat/completions", {"messages": USER, "max_tokens": TOOL_TOKENS,
                                                 "tools": TOOLS, "tool_choice": "required"})
     calls: dict[int, dict[str, Any]] = {}
-    finish = None
+    finish, content = None, ""
     for chunk in chunks:
         for choice in chunk.get("choices") or []:
             finish = choice.get("finish_reason") or finish
+            content += (choice.get("delta") or {}).get("content") or ""
             for delta in (choice.get("delta") or {}).get("tool_calls") or []:
                 call = calls.setdefault(int(delta.get("index", 0)),
                                         {"function": {"arguments": ""}, "names": 0})
@@ -213,7 +214,7 @@ def _tools_streaming(ep: _Endpoint) -> str:
                 call["function"]["arguments"] += function.get("arguments") or ""
     if any(c["names"] != 1 for c in calls.values()):
         raise _Refused("a streamed call's name was sent more than once (or never)")
-    _calls({"tool_calls": list(calls.values())}, finish)
+    _calls({"tool_calls": list(calls.values()), "content": content}, finish)
     if finish != "tool_calls":
         raise _Refused(f"streamed deltas, but finish_reason {finish!r}, not 'tool_calls'")
     return f"{len(calls)} call(s) in deltas: name once, arguments joined to JSON"
@@ -366,7 +367,8 @@ def unknown(record: Mapping[str, Any]) -> list[str]:
 
 def merge(record: Mapping[str, Any], results: Mapping[str, Probed]) -> dict[str, Any]:
     """``record`` with ``results`` (a later probe of some checks) written over it."""
-    reasons = record.get("reasons") if isinstance(record.get("reasons"), Mapping) else {}
+    found = record.get("reasons")
+    reasons: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     probed = {name: Probed(record.get(name), str(reasons.get(name, "")))
               for name in CHECKS if name in record}
     probed.update(results)
