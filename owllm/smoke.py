@@ -334,8 +334,8 @@ def _round_trip(result: ToolsSmokeResult, manager: LLMServerManager, row: dict[s
     narrowed = [_narrowed(s) for s in specs]
     prompt = template_for(backend).format(tools=render_tools(specs), prompt=SMOKE_TOOL_PROMPT)
     messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
-    probed = probed_capabilities(row)
-    if "structured_output" in probed:  # what the endpoint showed it can do, not assumed
+    probed = complete_capabilities(row)  # unknowns of a busy start are probed now
+    if probed.get("structured_output") is not None:  # what it showed, not assumed
         result.constrained = bool(probed["structured_output"])
         result.capabilities = {**result.capabilities, **probed}
     served = httpclient.served_model(row)
