@@ -24,8 +24,9 @@ What maps from the model's config:
   (``{"tool", "args", "id"}``, or an array of them) into ``tool_calls``, streamed as OpenAI
   deltas.  ``required`` and a named function: vLLM's own structured-output path (a JSON
   array of ``{name, parameters}`` / the function's parameters), which it enables for any
-  JSON-based parser.  A user's own ``--tool-call-parser`` in ``server_args`` (a real model
-  with a native tool format) replaces all of this: OWLLM then adds neither flag nor clause.
+  JSON-based parser.  A template that renders ``tools`` itself (a model trained for tool
+  use) gets no clause; a user's own ``--tool-call-parser`` in ``server_args`` (the model's
+  native call format) replaces all of this: OWLLM then adds neither flags nor clause.
 
 Readiness needs a real completion: vLLM's ``/health`` keeps answering 200 after its engine
 process died (measured with a head_dim vLLM's CPU attention rejects).
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +107,9 @@ def model_chat_template(model_path: Path | str) -> str | None:
 
 def system_prompt_template(model_path: Path | str, system_prompt: str,
                            tools: bool = False) -> str | None:
-    """The model's chat template, preceded by the clauses OWLLM adds: with ``tools``, one
-    that describes a request's ``tools`` in a system message (:data:`TOOLS_CLAUSE`); then
+    """The model's chat template, preceded by the clauses OWLLM adds: with ``tools`` (and a
+    template that does not describe them itself), one that describes a request's ``tools``
+    in a system message (:data:`TOOLS_CLAUSE`); then
     one that inserts ``system_prompt`` when the conversation has no system message (so with
     tools, as on OWLLM's transformers server, the tools message is that system message).
     None when there is nothing to add or no template to wrap."""
@@ -116,14 +119,22 @@ def system_prompt_template(model_path: Path | str, system_prompt: str,
     if template is None:
         return None
     head = ""
-    if tools:
+    if tools and not renders_tools(template):
         head += TOOLS_CLAUSE.replace("PREAMBLE", json.dumps(TOOLS_PREAMBLE))
+    elif not system_prompt:
+        return None
     if system_prompt:
         system = json.dumps({"role": "system", "content": system_prompt})
         head += ("{%- if not messages or messages[0]['role'] != 'system' -%}"
                  f"{{%- set messages = [{system}] + messages -%}}"
                  "{%- endif -%}")
     return head + template
+
+
+def renders_tools(template: str) -> bool:
+    """True when a chat template describes ``tools`` itself (a model trained for tool use):
+    OWLLM's clause would describe them twice."""
+    return re.search(r"\btools\b", template) is not None
 
 
 def user_parses_tools(model: ModelConfig) -> bool:

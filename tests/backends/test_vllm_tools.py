@@ -135,10 +135,11 @@ def test_text_after_a_call_is_content() -> None:
 
 # -- the launch --------------------------------------------------------------------------
 
-def launch_argv(tmp_path: Path, *server_args: str) -> list[str]:
+def launch_argv(tmp_path: Path, *server_args: str,
+                template: str = "{{ messages }}") -> list[str]:
     folder = tmp_path / "model"
     folder.mkdir(exist_ok=True)
-    (folder / "chat_template.jinja").write_text("{{ messages }}", encoding="utf-8")
+    (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
     env = EnvSpec(key="vllm-cpu", path=tmp_path, python_executable=Path(sys.executable))
     ctx = BackendContext(home=Home(tmp_path / "home").ensure(), env=env, base_dir=tmp_path,
                          registry=None)  # type: ignore[arg-type]
@@ -157,6 +158,11 @@ def test_launch_registers_owllms_parser_and_a_template_that_describes_tools(
     template = Path(argv[argv.index("--chat-template") + 1]).read_text(encoding="utf-8")
     assert template.startswith("{%- if tools -%}") and template.endswith("{{ messages }}")
     assert json.dumps(TOOLS_PREAMBLE) in template
+
+
+def test_a_template_that_renders_tools_itself_is_left_alone(tmp_path: Path) -> None:
+    argv = launch_argv(tmp_path, template="{% if tools %}{{ tools }}{% endif %}")
+    assert "--chat-template" not in argv and "--tool-call-parser" in argv
 
 
 def test_a_users_own_tool_parser_replaces_owllms(tmp_path: Path) -> None:
