@@ -101,6 +101,8 @@ class ModelSmokeResult(_Result):
     startup_s: float | None = None
     first_token_s: float | None = None
     tokens_per_s: float | None = None
+    # Declared by the backend, with the server's probed values written over them
+    # (``reasons`` names the probed ones): see owllm/smoke.py's docstring.
     capabilities: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
     dtype_reason: str | None = None

@@ -2,6 +2,15 @@
 returns a result dataclass (:mod:`owllm._smoke_results`) whose ``to_dict()`` is the guide's
 JSON; the CLI prints that and the pytest suites assert on it, so both share one
 implementation.
+
+``capabilities`` in both smokes' JSON: the backend's declared capabilities
+(:class:`~owllm.backends.Capabilities`: ``chat``, ``completions``, ``streaming``,
+``structured_output``, ``tools``, ``unenforced_keywords``), with what the server showed
+written over them where it was probed (:mod:`owllm.capabilities`: the same booleans, the
+other checks' booleans — ``tools_required``, ``tools_named``, ``tools_streaming``,
+``tool_message``, ``logprobs``, ``n``, ``include_usage`` — and ``reasons``, one line per
+probed check, so a key in ``reasons`` is a probed value and any other one is declared).
+Checks a server start left unknown (its probe budget ran out) are probed again by the smoke.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from owllm import httpclient
+from owllm import capabilities, httpclient
 from owllm._smoke_results import (
     PASS,
     EnvTestResult,
@@ -86,10 +95,29 @@ def kernel_report(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def probed_capabilities(row: dict[str, Any]) -> dict[str, Any]:
-    """Capabilities probed on the server itself (``extra.capabilities``: an attached
-    endpoint's), which override what its backend says in general."""
+    """Capabilities probed on the server itself (``extra.capabilities``: recorded when a
+    managed server became ready, or when an endpoint was attached), which override what its
+    backend says in general."""
     found = (row.get("extra") or {}).get("capabilities")
     return dict(found) if isinstance(found, dict) else {}
+
+
+def complete_capabilities(row: dict[str, Any]) -> dict[str, Any]:
+    """:func:`probed_capabilities`, with the checks the start left unknown probed now (for
+    a server OWLLM runs, also those its row lacks: started by an older OWLLM, or its probe
+    broke)."""
+    found = probed_capabilities(row)
+    missing = capabilities.unknown(found) if is_attached_row(row) else \
+        [name for name in capabilities.CHECKS if found.get(name) is None]
+    if not missing or not row.get("url"):
+        return found
+    try:
+        results = capabilities.probe_capabilities(
+            row["url"], httpclient.served_model(row), headers=httpclient.row_headers(row),
+            checks=missing)
+    except OwllmError:  # the key's variable is gone: the generate step will say so
+        return found
+    return capabilities.merge(found, results)
 
 
 def generate_stream(url: str, model_id: str, model_type: str, max_tokens: int,
@@ -157,8 +185,9 @@ def _model_smoke(manager: LLMServerManager, model_id: str, keep: bool) -> ModelS
             result.startup_s, result.reused_running_server = served.startup_s, served.was_running
             result.dtype, result.dtype_reason = kernels["dtype"], kernels["dtype_reason"]
             result.kernels = kernels["kernels"]
-            result.capabilities = {**result.capabilities, **probed_capabilities(row)}
             _health_and_generate(result, row, model.model_type, model.generation.max_tokens)
+            # After the timed generation: a check's first request may warm the server up.
+            result.capabilities = {**result.capabilities, **complete_capabilities(row)}
     except OwllmError as exc:
         if served is not None:
             raise  # stopping failed: not a smoke result, the manager's own error
@@ -305,8 +334,8 @@ def _round_trip(result: ToolsSmokeResult, manager: LLMServerManager, row: dict[s
     narrowed = [_narrowed(s) for s in specs]
     prompt = template_for(backend).format(tools=render_tools(specs), prompt=SMOKE_TOOL_PROMPT)
     messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
-    probed = probed_capabilities(row)
-    if "structured_output" in probed:  # what the endpoint showed it can do, not assumed
+    probed = complete_capabilities(row)  # unknowns of a busy start are probed now
+    if probed.get("structured_output") is not None:  # what it showed, not assumed
         result.constrained = bool(probed["structured_output"])
         result.capabilities = {**result.capabilities, **probed}
     served = httpclient.served_model(row)

@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "owllm._yaml_lines": 0,
     "owllm._progress": 0,
     "owllm.httpclient": 0,
+    "owllm.capabilities": 0,  # an HTTP probe over httpclient's rules, used by servers
     "owllm._cpu_probe": 0,
     "owllm.hardware": 0,
     "owllm.schemas": 0,

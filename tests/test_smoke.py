@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
+from owllm import capabilities
 from owllm._smoke_results import EnvTestResult, ModelSmokeResult, ToolsSmokeResult, error_entry
+from owllm.capabilities import CHECKS
 from owllm.errors import ServerDied, ServerError
 from owllm.servers.manager import LLMServerManager
-from owllm.smoke import model_smoke, serving
+from owllm.smoke import complete_capabilities, model_smoke, serving
 from tests.procs import gone
 from tests.servers.conftest import manager, stub_backend
 
@@ -91,3 +93,38 @@ def test_env_result_is_the_probes_json_without_packages() -> None:
     assert EnvTestResult("k", errors=[{"module": "<build>", "error": "e"}]).to_dict() == {
         "env_key": "k", "status": "FAIL", "python_path": None, "torch_version": None,
         "cuda_available": None, "errors": [{"module": "<build>", "error": "e"}]}
+
+
+def test_smoke_capabilities_are_declared_with_the_probed_values_over_them(
+        manager: LLMServerManager) -> None:
+    """The stub answers every POST with a bare text choice: the start's probe records what
+    that shows (completions yes; chat, streaming, tools no, each with its reason), and the
+    smoke's ``capabilities`` are the backend's declared ones with those written over them."""
+    data = model_smoke(manager, "ok3").to_dict()
+    caps = data["capabilities"]
+    assert caps["completions"] is True and caps["reasons"]["completions"]
+    assert caps["chat"] is False and caps["reasons"]["chat"] == "the choice has no message"
+    assert caps["streaming"] is False and caps["tools"] is False
+    assert caps["unenforced_keywords"] == []  # declared, never probed: kept
+    assert set(caps["reasons"]) == set(CHECKS) and "probe_s" in caps
+
+
+def test_checks_a_start_left_unknown_are_probed_by_the_smoke(
+        manager: LLMServerManager) -> None:
+    row = manager.start_server("ok4")
+    try:
+        recorded = row["extra"]["capabilities"]
+        assert recorded["completions"] is True
+        unknown = {**recorded, "completions": None, "chat": None,
+                   "reasons": {**recorded["reasons"], "completions": "late", "chat": "late"}}
+        completed = complete_capabilities({**row, "extra": {**row["extra"],
+                                                            "capabilities": unknown}})
+        assert completed["completions"] is True and completed["chat"] is False
+        assert completed["reasons"]["chat"] == "the choice has no message"
+        assert capabilities.unknown(completed) == []
+        # A row without a record (an older OWLLM started it, or its probe broke): all of it.
+        bare = complete_capabilities({**row, "extra": {**row["extra"], "capabilities": {
+            "error": "the capability probe failed: RuntimeError"}}})
+        assert set(CHECKS) <= set(bare) and bare["completions"] is True
+    finally:
+        manager.stop_server("ok4")

@@ -15,7 +15,18 @@ What maps from the model's config:
   AMX for bf16), float32 elsewhere; a server that dies of SIGILL/SIGSEGV with bf16 is
   restarted once with float32 and the decision is kept with the env (``_kernels.py``);
 * structured output -> xgrammar with flexible whitespace off: with it on, a weak model can
-  emit whitespace until ``max_tokens`` inside a valid JSON prefix.
+  emit whitespace until ``max_tokens`` inside a valid JSON prefix;
+* the OpenAI tools API -> OWLLM's tool parser as a vLLM plugin
+  (``owllm/inenv/vllm_tool_parser.py``, copied into the run folder like the guard:
+  ``--tool-parser-plugin FILE --tool-call-parser owllm --enable-auto-tool-choice``), and a
+  chat template that describes ``tools`` in a system message, the same text OWLLM's
+  transformers server uses.  ``auto``: the parser reads OWLLM's call envelope
+  (``{"tool", "args", "id"}``, or an array of them) into ``tool_calls``, streamed as OpenAI
+  deltas.  ``required`` and a named function: vLLM's own structured-output path (a JSON
+  array of ``{name, parameters}`` / the function's parameters), which it enables for any
+  JSON-based parser.  A template that renders ``tools`` itself (a model trained for tool
+  use) gets no clause; a user's own ``--tool-call-parser`` in ``server_args`` (the model's
+  native call format) replaces all of this: OWLLM then adds neither flags nor clause.
 
 Readiness needs a real completion: vLLM's ``/health`` keeps answering 200 after its engine
 process died (measured with a head_dim vLLM's CPU attention rejects).
@@ -25,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +61,35 @@ GUARD_SOURCE = Path(PACKAGE_DIR) / "asgi_guard.py"
 GUARD_MODULE = "owllm_asgi_guard"
 
 
-def system_prompt_template(model_path: Path | str, system_prompt: str) -> str | None:
-    """The model's chat template, preceded by a clause that inserts ``system_prompt`` when
-    the conversation has no system message; None when there is nothing to wrap."""
-    if not system_prompt:
-        return None
+TOOL_PARSER_SOURCE = Path(PACKAGE_DIR) / "vllm_tool_parser.py"
+TOOL_PARSER_MODULE = "owllm_vllm_tool_parser"
+TOOL_PARSER_NAME = "owllm"  # the name the plugin registers (PARSER_NAME there)
+# The system message that describes ``tools``: the text of OWLLM's transformers server
+# (owllm/inenv/transformers_engine.py ``chat_prompt``), followed by the JSON list of the
+# function objects (their keys in order, null ones left out, as a request gives them).
+TOOLS_PREAMBLE = ('You can call these tools. To call one, answer with only a JSON object '
+                  '{"tool": name, "args": {...}, "id": "call_1"}.\nTools: ')
+TOOLS_CLAUSE = (
+    "{%- if tools -%}"
+    "{%- set owllm = namespace(fns='') -%}"
+    "{%- for t in tools -%}"
+    "{%- set f = t['function'] if t['function'] is defined else t -%}"
+    "{%- set one = namespace(body='') -%}"
+    "{%- for k, v in f.items() if v is not none -%}"
+    "{%- set one.body = one.body + (', ' if one.body else '') + (k | tojson) + ': '"
+    " + (v | tojson) -%}"
+    "{%- endfor -%}"
+    "{%- set owllm.fns = owllm.fns + (', ' if not loop.first else '') + '{' + one.body"
+    " + '}' -%}"
+    "{%- endfor -%}"
+    "{%- set messages = [{'role': 'system', 'content': PREAMBLE + '[' + owllm.fns + ']'}]"
+    " + messages -%}"
+    "{%- endif -%}"
+)
+
+
+def model_chat_template(model_path: Path | str) -> str | None:
+    """The model's own chat template when it can be read locally (a folder), else None."""
     folder = Path(model_path)
     template: str | None = None
     jinja = folder / "chat_template.jinja"
@@ -66,12 +102,45 @@ def system_prompt_template(model_path: Path | str, system_prompt: str) -> str | 
             return None
         value = config.get("chat_template")
         template = value if isinstance(value, str) else None
-    if not template:
+    return template or None
+
+
+def system_prompt_template(model_path: Path | str, system_prompt: str,
+                           tools: bool = False) -> str | None:
+    """The model's chat template, preceded by the clauses OWLLM adds: with ``tools`` (and a
+    template that does not describe them itself), one that describes a request's ``tools``
+    in a system message (:data:`TOOLS_CLAUSE`); then
+    one that inserts ``system_prompt`` when the conversation has no system message (so with
+    tools, as on OWLLM's transformers server, the tools message is that system message).
+    None when there is nothing to add or no template to wrap."""
+    if not system_prompt and not tools:
         return None
-    system = json.dumps({"role": "system", "content": system_prompt})
-    return ("{%- if not messages or messages[0]['role'] != 'system' -%}"
-            f"{{%- set messages = [{system}] + messages -%}}"
-            "{%- endif -%}" + template)
+    template = model_chat_template(model_path)
+    if template is None:
+        return None
+    head = ""
+    if tools and not renders_tools(template):
+        head += TOOLS_CLAUSE.replace("PREAMBLE", json.dumps(TOOLS_PREAMBLE))
+    elif not system_prompt:
+        return None
+    if system_prompt:
+        system = json.dumps({"role": "system", "content": system_prompt})
+        head += ("{%- if not messages or messages[0]['role'] != 'system' -%}"
+                 f"{{%- set messages = [{system}] + messages -%}}"
+                 "{%- endif -%}")
+    return head + template
+
+
+def renders_tools(template: str) -> bool:
+    """True when a chat template describes ``tools`` itself (a model trained for tool use):
+    OWLLM's clause would describe them twice."""
+    return re.search(r"\btools\b", template) is not None
+
+
+def user_parses_tools(model: ModelConfig) -> bool:
+    """True when the model's ``server_args`` choose vLLM's tool parser themselves."""
+    return any(arg == "--tool-call-parser" or arg.startswith("--tool-call-parser=")
+               for arg in model.server_args)
 
 
 PROMPT_TEMPLATE = (
@@ -132,7 +201,8 @@ class VllmBackend:
             # Eager mode: measured here, start→healthy drops from ~135 s to ~60 s on 2 cores,
             # and the tiny models OWLLM tests with gain nothing from compilation.
             argv.append("--enforce-eager")
-        template = system_prompt_template(model_path, model.system_prompt)
+        tools = not user_parses_tools(model)
+        template = system_prompt_template(model_path, model.system_prompt, tools=tools)
         if template is not None:
             argv += ["--chat-template",
                      str(write_run_file(ctx.home, f"{model.model_id}.chat_template.jinja",
@@ -147,6 +217,11 @@ class VllmBackend:
         guard = write_run_file(ctx.home, f"{GUARD_MODULE}.py",
                                GUARD_SOURCE.read_text(encoding="utf-8"))
         argv += ["--middleware", f"{GUARD_MODULE}.VllmGuard"]
+        if tools:  # OWLLM's tool parser, a copy in the run folder like the guard
+            parser = write_run_file(ctx.home, f"{TOOL_PARSER_MODULE}.py",
+                                    TOOL_PARSER_SOURCE.read_text(encoding="utf-8"))
+            argv += ["--tool-parser-plugin", str(parser), "--tool-call-parser",
+                     TOOL_PARSER_NAME, "--enable-auto-tool-choice"]
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(guard.parent), os.environ.get("PYTHONPATH")) if p)
         env["OWLLM_BIND_HOST"] = host  # the guard warns when it is not loopback

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from owllm import _progress as progress
-from owllm import httpclient
+from owllm import capabilities, httpclient
 from owllm._store_faults import home_lock
 from owllm.backends import BackendContext, LaunchSpec, get_backend, is_attached
 from owllm.backends._kernels import CPU_FAULT_SIGNALS, KernelChoice, record_fallback
@@ -210,7 +210,8 @@ class LLMServerManager:
             MODEL_KIND, model.model_id, executor, explain=explain,
             ready=lambda: {"url": url, "extra": {"api_key_env": model.api_key_env,
                                      "kernels": {k.setting: k.to_dict()
-                                                 for k in spec.kernels}}})
+                                                 for k in spec.kernels},
+                                     "capabilities": probe_at_start(url, model)}})
 
     # -- stop / restart -------------------------------------------------------------------
 
@@ -256,6 +257,17 @@ class LLMServerManager:
                 return True
             time.sleep(0.1)
         return False
+
+
+def probe_at_start(url: str, model: ModelConfig) -> dict[str, Any]:
+    """What the ready server can do, probed (:mod:`owllm.capabilities`) within
+    START_BUDGET_S; a probe that breaks is recorded, never a failed start."""
+    try:
+        return capabilities.probe_record(url, model.model_id,
+                                         headers=httpclient.bearer(model.api_key_env),
+                                         budget_s=capabilities.START_BUDGET_S)
+    except Exception as exc:  # a probe's own bug must not fail a start that worked
+        return {"error": f"the capability probe failed: {type(exc).__name__}: {exc}"[:300]}
 
 
 def _fallback_for(spec: LaunchSpec, exc: ServerDied) -> KernelChoice | None:
