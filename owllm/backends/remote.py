@@ -9,9 +9,10 @@ the row probes the endpoint instead of a pid (:mod:`owllm.servers.supervisor`). 
 carry ``served_model`` as their ``model`` field, the bearer key of ``api_key_env`` and the
 configured ``headers`` (:func:`owllm.httpclient.row_headers` and ``served_model``).
 
-What the endpoint can do is probed at attach time, never assumed: whether it honours an
-OpenAI ``json_schema`` response format is recorded in ``extra.capabilities``, and the smokes
-use that instead of the backend's static :class:`~owllm.backends.Capabilities`.  TLS
+What the endpoint can do is probed at attach time, never assumed
+(:func:`owllm.capabilities.probe_record`: json_schema, the tools API, streaming, logprobs,
+``n``...), recorded in ``extra.capabilities``; the smokes use that instead of the backend's
+static :class:`~owllm.backends.Capabilities` and probe again what the attach left unknown.  TLS
 certificates are verified (httpx's default) unless ``tls_verify: false``; ``ca_bundle``
 names a private CA's PEM file (recorded in the row, so the smokes and suites verify the same
 way: :func:`owllm.httpclient.row_headers`).  Errors name the URL without credentials and
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from owllm import httpclient
+from owllm.capabilities import probe_record
 from owllm.backends import (
     TOOL_CALL_RULES,
     BackendContext,
@@ -39,6 +41,7 @@ from owllm.config import ModelConfig
 from owllm.errors import ServerError, UsageError
 
 DEFAULT_TIMEOUT_S = 30.0
+ATTACH_PROBE_BUDGET_S = 10.0  # the capability probes' share of an attach, at most
 # Fields that configure a process OWLLM would launch: meaningless for an endpoint.
 LAUNCH_FIELDS = ("env_key", "requirements", "server_args", "port", "device", "dtype",
                  "max_model_len")
@@ -136,23 +139,6 @@ def _one_token(model: ModelConfig, root: str, served: str, timeout: float) -> No
                     hint="the endpoint lists the model but cannot generate with it")
 
 
-def probe_structured_output(model: ModelConfig, root: str, served: str,
-                            timeout: float) -> bool:
-    """Whether the endpoint accepts an OpenAI ``json_schema`` response format (a 4xx says
-    it does not: reported as a capability, not a failure)."""
-    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}},
-              "required": ["ok"], "additionalProperties": False}
-    try:
-        response = _call(model, "POST", root + "/v1/chat/completions", timeout, json={
-            "model": served, "max_tokens": 8, "temperature": 0,
-            "messages": [{"role": "user", "content": "Reply with JSON."}],
-            "response_format": {"type": "json_schema", "json_schema": {
-                "name": "probe", "schema": schema, "strict": True}}})
-    except ServerError:
-        return False
-    return response.status_code == 200
-
-
 def _tls_problems(model: ModelConfig) -> list[tuple[str, str]]:
     """TLS options that cannot apply: to a plain-HTTP URL, both at once, a missing CA file."""
     tls = [name for name, value in (("tls_verify", not model.tls_verify),
@@ -218,7 +204,12 @@ class RemoteBackend:
         timeout = model.timeout_s or DEFAULT_TIMEOUT_S
         _check_models(model, root, served, timeout)
         _one_token(model, root, served, timeout)
-        structured = probe_structured_output(model, root, served, timeout)
+        # Every capability probed (never a failure: a missing one is reported); unknowns
+        # left by the budget are probed again by the smokes.
+        capabilities = probe_record(root, served, headers=_headers(model), timeout=timeout,
+                                    verify=httpclient.tls_verify(model.tls_verify,
+                                                                 model.ca_bundle),
+                                    budget_s=min(timeout, ATTACH_PROBE_BUDGET_S))
         parts = urlsplit(root)
         return {"url": root, "host": parts.hostname,
                 "port": parts.port or (443 if parts.scheme == "https" else 80),
@@ -226,4 +217,4 @@ class RemoteBackend:
                           "api_key_env": model.api_key_env, "headers": dict(model.headers),
                           "timeout_s": timeout, "tls_verify": model.tls_verify,
                           "ca_bundle": model.ca_bundle,
-                          "capabilities": {"structured_output": structured}}}
+                          "capabilities": capabilities}}

@@ -145,7 +145,10 @@ def test_attach_sends_the_served_name_key_and_headers_and_probes_capabilities(
     try:
         row = manager.start_server("gw")
         assert (row["status"], row["pid"], row["url"]) == ("RUNNING", None, url)
-        assert row["extra"]["capabilities"] == {"structured_output": False}
+        probed = row["extra"]["capabilities"]
+        # the endpoint refuses response_format and answers every chat with plain text
+        assert probed["structured_output"] is False and probed["tools"] is False
+        assert probed["chat"] is True and probed["reasons"]["structured_output"]
         assert all(h.get("Authorization") == "Bearer k1" and h.get("X-Team") == "qa"
                    for h, _ in _Endpoint.seen)
         assert {b["model"] for _, b in _Endpoint.seen if b} == {"org/M"}
@@ -248,7 +251,8 @@ def test_attach_smoke_tools_smoke_and_detach(project: Path, endpoint: Server) ->
     assert row["url"] == endpoint.base_url and row["extra"]["managed"] is False
     assert row["extra"]["served_model"] == SERVED
     assert row["extra"]["headers"] == ["X-Owllm-Test"]  # names only: a value may be a key
-    assert row["extra"]["capabilities"] == {"structured_output": True}  # probed
+    probed = row["extra"]["capabilities"]
+    assert probed["structured_output"] is True and probed["chat"] is True  # probed
     assert KEY not in start.stdout + start.stderr
 
     model = owllm(project, "model", "smoke", "ext", "--json")
