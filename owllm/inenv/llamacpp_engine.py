@@ -215,8 +215,8 @@ class LlamaCppEngine:
 
     def matcher(self, response_format: dict[str, Any] | None,
                 forced: dict[str, Any] | None = None) -> Any:
-        """A grammar sampler for the response format (or a forced tool-call schema), None
-        when the output is free; the generation frees it."""
+        """A grammar mask for the response format (or a forced tool-call schema), None when
+        the output is free; one per generation (it holds the grammar's parse state)."""
         if forced is not None:
             schema = forced
         elif not response_format or response_format.get("type") == "text":
@@ -224,7 +224,7 @@ class LlamaCppEngine:
         else:
             schema = format_schema(response_format)
         try:
-            return self.grammars.sampler(cached_grammar(schema))
+            return GrammarMask(self.grammars.sampler(cached_grammar(schema)), len(self.pieces))
         except RecursionError:
             raise ApiError(400, "response_format.json_schema.schema nests too deeply",
                            "response_format") from None
@@ -279,7 +279,7 @@ class LlamaCppEngine:
         seed = sampling.seed
         rng = np.random.default_rng(seed % 2**64 if seed is not None else time.time_ns())
         eos = llama_cpp.llama_vocab_eos(self.vocab)
-        mask = GrammarMask(matcher, len(self.pieces)) if matcher is not None else None
+        mask: GrammarMask | None = matcher
         decoder = TailDecoder(self.decode)
         emitted = ""
         # The last tokens of a constrained budget go to closing the JSON (_closing_token).

@@ -137,5 +137,10 @@ class GrammarMask:
         llama_cpp.llama_sampler_accept(self.sampler, token)
 
     def free(self) -> None:
-        free_sampler(self.sampler)
-        self.sampler = None
+        """Free the sampler now (the generation's end); also done when garbage-collected,
+        for a mask whose generation never started."""
+        sampler, self.sampler = self.sampler, None
+        free_sampler(sampler)
+
+    def __del__(self) -> None:
+        self.free()
