@@ -8,6 +8,7 @@ the host-side ``owllm``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -50,11 +51,18 @@ def lower_schema(schema: Any) -> Any:
     return out
 
 
+# Its whitespace rule lets a (random) model spend its budget on optional blanks between
+# tokens; OWLLM's grammars are compact JSON, as the transformers engine's (llguidance without
+# flexible whitespace): ``{"a":1}``.
+_LOOSE_SPACE = 'space ::= " "?'
+_NO_SPACE = 'space ::= ""'
+
+
 def schema_grammar(schema: dict[str, Any]) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    return json_schema_to_gbnf(json.dumps(lower_schema(schema))).replace(_LOOSE_CHAR,
-                                                                         _STRICT_CHAR)
+    gbnf = json_schema_to_gbnf(json.dumps(lower_schema(schema)))
+    return gbnf.replace(_LOOSE_CHAR, _STRICT_CHAR).replace(_LOOSE_SPACE, _NO_SPACE)
 
 
 @functools.lru_cache(maxsize=128)
@@ -65,7 +73,7 @@ def _cached_grammar(schema_json: str) -> str:
 def cached_grammar(schema: dict[str, Any]) -> str:
     """:func:`schema_grammar`, compiled once per distinct schema (a tool-calling client sends
     the same tools with every request); raises what the converter raises."""
-    return _cached_grammar(json.dumps(schema, sort_keys=True))
+    return _cached_grammar(json.dumps(schema))  # key order matters: it orders properties
 
 
 class GrammarPool:
@@ -143,4 +151,5 @@ class GrammarMask:
         free_sampler(sampler)
 
     def __del__(self) -> None:
-        self.free()
+        with contextlib.suppress(Exception):  # at interpreter exit llama_cpp may be gone
+            self.free()
