@@ -160,9 +160,9 @@ def demo_gguf(llama_env: Any, demo_model_dir: Path,
 @pytest.fixture(scope="module")
 def sides(llama_env: Any, demo_gguf: Path, demo_model_dir: Path,
           env_python: Path) -> dict[str, Any]:
-    case: dict[str, Any] = {"model": str(demo_model_dir), "gguf": str(demo_gguf),
-                            "system": SYSTEM,
-            "chats": CHATS, "texts": TEXTS, "prompts": PROMPTS, "stops": []}
+    case: dict[str, Any] = {
+        "model": str(demo_model_dir), "gguf": str(demo_gguf), "system": SYSTEM,
+        "chats": CHATS, "texts": TEXTS, "prompts": PROMPTS, "stops": []}
     hf = run_script(env_python, TRANSFORMERS_SIDE, case)
     # A stop string from the middle of the greedy text (found by a first greedy run).
     probe = run_script(Path(llama_env.python_executable), LLAMA_SIDE, case)
