@@ -289,7 +289,15 @@ class LlamaCppEngine:
             for step in range(max_tokens):
                 raw = logits = self._logits()
                 token = None
-                if mask is not None:
+                if mask is not None and sampling.top_p >= 1.0 and max_tokens - step > reserve:
+                    # The model's own pick, when the grammar takes it, is what the masked
+                    # logits give too (argmax; or a draw: rejected picks are drawn again from
+                    # the masked distribution, which keeps it exact): one grammar check
+                    # instead of a whole-vocabulary mask per token.
+                    token = sample(raw, sampling.temperature, 1.0, rng)
+                    if not mask.allows(token):
+                        token = None
+                if mask is not None and token is None:
                     logits = mask.apply(raw)
                     if not np.isfinite(logits).any():  # nothing may follow: complete
                         yield Step("", step, "stop")

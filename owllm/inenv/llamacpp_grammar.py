@@ -124,6 +124,7 @@ class GrammarMask:
         self.ids = np.arange(n_vocab, dtype=np.int32)
         self.array = llama_cpp.llama_token_data_array(data=self.data, size=n_vocab,
                                                       selected=-1, sorted=False)
+        self.single = (llama_cpp.llama_token_data * 1)()
 
     def apply(self, logits: Any) -> Any:
         import llama_cpp
@@ -138,6 +139,17 @@ class GrammarMask:
         size = int(self.array.size)
         out[self.view["id"][:size]] = self.view["logit"][:size]
         return out
+
+    def allows(self, token: int) -> bool:
+        """Whether the grammar accepts ``token`` next: one candidate checked instead of the
+        whole vocabulary (llama.cpp's own sampler checks its pick first the same way)."""
+        import llama_cpp
+
+        one = self.single
+        one[0].id, one[0].logit, one[0].p = token, 0.0, 0.0
+        array = llama_cpp.llama_token_data_array(data=one, size=1, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self.sampler, ctypes.byref(array))
+        return bool(array.size == 1 and one[0].logit == 0.0)
 
     def accept(self, token: int) -> None:
         import llama_cpp

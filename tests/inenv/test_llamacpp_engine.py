@@ -123,6 +123,9 @@ out["json"] = [run("Once upon a time", engine.matcher(fmt), max_tokens=40,
 out["json_object"] = run("Once upon a time", engine.matcher({"type": "json_object"}),
                          max_tokens=40, temperature=1.0, seed=0)
 out["compiled"] = llamacpp_grammar._cached_grammar.cache_info().misses - before
+# top_p < 1 masks the whole vocabulary at every token; top_p 1 checks the pick first
+out["json_greedy"] = [run("Hello!", engine.matcher({"type": "json_object"}), max_tokens=60,
+                          top_p=p)["text"] for p in (1.0, 0.5)]
 try:
     engine.matcher({"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}})
@@ -229,6 +232,8 @@ def test_grammars_constrain_and_compile_once(sides: dict[str, Any]) -> None:
         assert result["finish"] == "stop", result
         assert json.loads(result["text"])["n"] in (1, 2, 3)
     assert isinstance(json.loads(llama["json_object"]["text"]), dict)
+    fast, masked = llama["json_greedy"]
+    assert fast == masked and fast.startswith("{")
     assert llama["compiled"] == 1  # once for three requests (json_object: at the warm-up)
     kind, status, param, message = llama["bad_schema"]
     assert (kind, status, param) == ("ApiError", 400, "response_format")
