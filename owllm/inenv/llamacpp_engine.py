@@ -125,14 +125,15 @@ class LlamaCppEngine:
         unseen = lib.LLAMA_TOKEN_ATTR_CONTROL | lib.LLAMA_TOKEN_ATTR_UNKNOWN | \
             lib.LLAMA_TOKEN_ATTR_UNUSED
         buffer = ctypes.create_string_buffer(256)
-        pieces, byte_ids, longest = [], set(), 1
+        pieces, longest = [], 1
         for token in range(lib.llama_vocab_n_tokens(self.vocab)):
             attr = lib.llama_vocab_get_attr(self.vocab, token)
-            size = lib.llama_token_to_piece(self.vocab, token, buffer, 256, 0, False)
-            piece = buffer.raw[:max(0, size)] if not attr & unseen else b""
-            pieces.append(piece)
-            if attr & lib.LLAMA_TOKEN_ATTR_BYTE:
-                byte_ids.add(token)
+            size = lib.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
+            if size < 0:  # a longer piece: -size bytes
+                buffer = ctypes.create_string_buffer(-size)
+                size = lib.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0,
+                                                False)
+            pieces.append(buffer.raw[:max(0, size)] if not attr & unseen else b"")
             longest = max(longest, len(lib.llama_vocab_get_text(self.vocab, token) or b""))
         self.pieces, self.longest_token = pieces, longest
         self.strip_first = lib.llama_vocab_type(self.vocab) == lib.LLAMA_VOCAB_TYPE_SPM and \
@@ -140,7 +141,7 @@ class LlamaCppEngine:
         inside: list[tuple[int, int, int]] = []
         outside: list[tuple[int, int, int]] = []
         for token, piece in enumerate(pieces):  # as openai_helpers.closer_tokens ranks them
-            text = piece.decode("utf-8", "replace") if token not in byte_ids else ""
+            text = piece.decode("utf-8", "replace")
             if not text or set(text) - set('"}],'):
                 continue
             rank = (text.count(","), -len(text), token)
