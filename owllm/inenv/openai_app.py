@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,24 +39,37 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .engine import Engine, SamplingParams, Step
+from .engine import Engine, SamplingParams, Step, TokenLogprob
 from .openai_helpers import (
     MAX_STOP,
     ApiError,
-    Reply,
     error_body,
     parse_tool_calls,
     tool_call_schema,
     tool_functions,
 )
+from .openai_shapes import LogprobShaper, Reply, call_deltas
 
 __all__ = ["ChatRequest", "CompletionRequest", "Completions", "create_app"]
 
+MAX_N = 8  # choices per request: each is a full generation, one at a time
+MAX_TOP_LOGPROBS = 20  # chat's top_logprobs (OpenAI's limit)
+MAX_LOGPROBS = 5  # completions' logprobs (OpenAI's limit)
+# Parameters OpenAI (or vLLM) define that this app does not implement, with the values that
+# mean "off": any other value is a 400 naming the parameter, never silently ignored (#15).
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (None, 0), "presence_penalty": (None, 0), "logit_bias": (None, {}),
+    "best_of": (None, 1), "suffix": (None, ""), "top_k": (None, 0, -1), "min_p": (None, 0),
+    "repetition_penalty": (None, 1), "functions": (None, []), "function_call": (None,),
+    "prediction": (None,), "audio": (None,), "modalities": (None, ["text"]),
+}
+
 # -- request models ---------------------------------------------------------------------------
+
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: str
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
@@ -70,7 +84,7 @@ class Sampling(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: int = 1
+    n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
@@ -81,14 +95,28 @@ class ChatRequest(Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 class CompletionRequest(Sampling):
     prompt: str
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
 
 
+@dataclass
+class Job:
+    """One validated request: what every choice of it shares."""
 
-Generation = Iterator[Step]
+    chat: bool
+    n: int
+    top_logprobs: int | None  # None: no logprobs
+    tools: bool = False  # parse the output as tool calls
+    parallel: bool = True  # several calls allowed
+    echo: str = ""  # completions: the prompt, when echoed
+    include_usage: bool = False
 
 
 # -- the completion logic behind both routes -----------------------------------------------
@@ -101,27 +129,36 @@ class Completions:
         self.model_id: str = engine.config["model_id"]
         self.defaults: dict[str, Any] = engine.config.get("generation") or {}
 
-    def params(self, request: Sampling, max_tokens: int | None) -> dict[str, Any]:
-        """Sampling parameters: the request's, else the model's configured defaults."""
+    def check(self, request: Sampling) -> None:
+        """What every request must satisfy before any work: ready, our model, no parameter
+        this app would have to ignore."""
+        if not self.engine.ready:
+            raise ApiError(503, "model is still loading", kind="server_error")
         if request.model not in (None, "", self.model_id):
             raise ApiError(404, f"model {request.model!r} does not exist; this server serves "
                                 f"{self.model_id!r}", "model", "model_not_found")
-        if request.n != 1:
-            raise ApiError(400, "only n=1 is supported", "n")
+        extra = request.model_extra or {}
+        for name, neutral in NEUTRAL.items():
+            if name in extra and not any(extra[name] == value for value in neutral):
+                raise ApiError(400, f"{name} is not supported by this server (leave it unset)",
+                               name, "unsupported_parameter")
+
+    def sampling(self, request: Sampling, max_tokens: int | None,
+                 top_logprobs: int | None) -> SamplingParams:
+        """Sampling parameters: the request's, else the model's configured defaults."""
         stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         if len(stops) > MAX_STOP:
             raise ApiError(400, f"at most {MAX_STOP} stop sequences", "stop")
         defaults = self.defaults
-        return {
-            "max_tokens": max_tokens or defaults.get("max_tokens", 64),
-            "temperature": request.temperature if request.temperature is not None
+        return SamplingParams(
+            max_tokens=max_tokens or defaults.get("max_tokens", 64),
+            temperature=request.temperature if request.temperature is not None
             else defaults.get("temperature", 0.0),
-            "top_p": request.top_p if request.top_p is not None else defaults.get("top_p", 1.0),
-            "seed": request.seed, "stops": stops,
-        }
+            top_p=request.top_p if request.top_p is not None else defaults.get("top_p", 1.0),
+            seed=request.seed, stops=tuple(stops), top_logprobs=top_logprobs)
 
-    def encode(self, prompt: str, chat: bool, params: dict[str, Any],
-               max_tokens: int | None) -> list[int]:
+    def encode(self, prompt: str, chat: bool, sampling: SamplingParams,
+               max_tokens: int | None) -> tuple[list[int], SamplingParams]:
         """The prompt's token ids, once it is known to fit with the completion budget."""
         engine = self.engine
         # Refused before tokenizing: tokenizing megabytes costs seconds and hundreds of MB.
@@ -131,71 +168,107 @@ class Completions:
                            "messages" if chat else "prompt", "context_length_exceeded")
         prompt_ids = engine.encode(prompt, chat)
         if max_tokens is None:  # the configured default shrinks to fit; an explicit one not
-            params["max_tokens"] = max(1, min(params["max_tokens"],
-                                              engine.max_len - len(prompt_ids)))
-        if len(prompt_ids) + params["max_tokens"] > engine.max_len:
+            sampling = replace(sampling, max_tokens=max(1, min(
+                sampling.max_tokens, engine.max_len - len(prompt_ids))))
+        if len(prompt_ids) + sampling.max_tokens > engine.max_len:
             raise ApiError(400, f"prompt ({len(prompt_ids)} tokens) + max_tokens "
-                                f"({params['max_tokens']}) exceeds the model's context length "
+                                f"({sampling.max_tokens}) exceeds the model's context length "
                                 f"{engine.max_len}", "max_tokens", "context_length_exceeded")
-        return prompt_ids
+        return prompt_ids, sampling
 
-    def run(self, request: Sampling, prompt: str, chat: bool, max_tokens: int | None,
-            tools: bool, forced: dict[str, Any] | None = None) -> Any:
+    def run(self, request: Sampling, job: Job, prompt: str, max_tokens: int | None,
+            forced: dict[str, Any] | None = None) -> Any:
         """A response for one request: a JSON body, or a stream of server-sent events."""
         engine = self.engine
-        if not engine.ready:
-            raise ApiError(503, "model is still loading", kind="server_error")
-        params = self.params(request, max_tokens)
-        prompt_ids = self.encode(prompt, chat, params, max_tokens)
-        matcher = engine.matcher(request.response_format, forced)
-        reply = Reply(chat, self.model_id, len(prompt_ids))
-        # A generator: nothing runs until it is consumed, under the engine's lock.
-        gen = engine.generate(prompt_ids, SamplingParams(
-            max_tokens=params["max_tokens"], temperature=params["temperature"],
-            top_p=params["top_p"], seed=params["seed"], stops=tuple(params["stops"])), matcher)
+        sampling = self.sampling(request, max_tokens, job.top_logprobs)
+        prompt_ids, sampling = self.encode(prompt, job.chat, sampling, max_tokens)
+        # One constraint per choice (a matcher keeps state); a bad schema is a 400 here.
+        matchers = [engine.matcher(request.response_format, forced) for _ in range(job.n)]
+        # Choice i samples with seed + i: n=1 and the first of n=2 agree for the same seed.
+        gens = [engine.generate(prompt_ids, replace(sampling, seed=None if sampling.seed is None
+                                                    else sampling.seed + i), matchers[i])
+                for i in range(job.n)]  # generators: nothing runs until consumed, under lock
+        reply = Reply(job.chat, self.model_id, len(prompt_ids))
         if request.stream:
-            include_usage = bool((request.stream_options or {}).get("include_usage"))
-            return StreamingResponse(self.events(gen, reply, tools, include_usage),
+            job.include_usage = bool((request.stream_options or {}).get("include_usage"))
+            return StreamingResponse(self.events(gens, reply, job),
                                      media_type="text/event-stream")
+        choices, total = [], 0
         with engine.lock:
-            pieces, count, finish = [], 0, "length"
-            for step in gen:
-                pieces.append(step.text)
-                count, finish = step.tokens, step.finish or finish
-        return reply.body("".join(pieces), count, finish, tools)
-
-    def events(self, gen: Generation, reply: Reply, tools: bool,
-               include_usage: bool) -> Iterator[str]:
-        """The server-sent events of a streamed completion."""
-        with self.engine.lock:
-            yield reply.chunk("", None, first=True)
-            count = 0
-            # With tools, an output that opens like JSON is held back until it ends: a tool
-            # call then goes out as one `delta.tool_calls` chunk, as OpenAI does.
-            held: list[str] | None = None
-            try:
+            for index, gen in enumerate(gens):
+                pieces, entries, finish, count = [], [], "length", 0
                 for step in gen:
-                    delta, count, finish = step.text, step.tokens, step.finish
-                    if tools and held is None and delta.lstrip()[:1] in ("{", "["):
-                        held = []
-                    if held is not None:
-                        held.append(delta)
-                        if not finish:
-                            continue
-                        text = "".join(held)
-                        calls = parse_tool_calls(text)
-                        yield reply.chunk("", "tool_calls", calls=calls) if calls else \
-                            reply.chunk(text, finish)
-                    elif delta or finish:
-                        yield reply.chunk(delta, finish)
+                    pieces.append(step.text)
+                    count, finish = step.tokens, step.finish or finish
+                    if step.logprob is not None:
+                        entries.append(step.logprob)
+                total += count
+                text = "".join(pieces)
+                calls = parse_tool_calls(text, job.parallel) if job.tools else None
+                choices.append(reply.choice(index, job.echo + text, finish, calls,
+                                            self.logprobs(job, entries)))
+        return reply.body(choices, total)
+
+    @staticmethod
+    def logprobs(job: Job, entries: list[TokenLogprob],
+                 shaper: LogprobShaper | None = None) -> dict[str, Any] | None:
+        if job.top_logprobs is None:
+            return None
+        return (shaper or LogprobShaper(job.chat, len(job.echo))).shape(entries)
+
+    def events(self, gens: list[Iterator[Step]], reply: Reply, job: Job) -> Iterator[str]:
+        """The server-sent events of a streamed request: its choices one after the other."""
+        with self.engine.lock:
+            total = 0
+            try:
+                for index, gen in enumerate(gens):
+                    total += yield from self.stream_choice(index, gen, reply, job)
             except Exception as exc:  # the stream has started: report in-band
                 print(f"owllm-server: internal error while streaming: {exc!r}", flush=True)
                 body = error_body("internal error; the server log has the details",
                                   "server_error")
                 yield f"data: {json.dumps(body)}\n\n"
-            if include_usage:
-                yield reply.usage_chunk(count)
+            if job.include_usage:
+                yield reply.usage_chunk(total)
             yield "data: [DONE]\n\n"
+
+    def stream_choice(self, index: int, gen: Iterator[Step], reply: Reply,
+                      job: Job) -> Iterator[str]:
+        """The chunks of one choice; returns its completion tokens.
+
+        With tools, an output that opens like JSON is held back until it ends: a complete
+        call then goes out as OpenAI streams one (``call_deltas``), anything else as text.
+        Logprobs of tokens that settled no text yet ride on the next chunk.
+        """
+        yield reply.chunk(index, job.echo, role=True)
+        shaper = LogprobShaper(job.chat, len(job.echo))
+        held: list[str] | None = None
+        pending: list[TokenLogprob] = []
+        sent, count = "", 0
+        for step in gen:
+            count = step.tokens
+            if step.logprob is not None:
+                pending.append(step.logprob)
+            if job.tools and held is None and not sent.strip() and \
+                    step.text.lstrip()[:1] in ("{", "["):
+                held = []
+            if held is not None:
+                held.append(step.text)
+                if step.finish is None:
+                    continue
+                text = "".join(held)
+                calls = parse_tool_calls(text, job.parallel)
+                for deltas in call_deltas(calls or []):
+                    yield reply.chunk(index, tool_calls=deltas)
+                yield reply.chunk(index, "" if calls else text,
+                                  "tool_calls" if calls else step.finish,
+                                  logprobs=self.logprobs(job, pending, shaper))
+            elif step.text or step.finish:
+                sent += step.text
+                yield reply.chunk(index, step.text, step.finish,
+                                  logprobs=self.logprobs(job, pending, shaper))
+                pending = []
+        return count
 
 
 # -- the app --------------------------------------------------------------------------------
@@ -218,7 +291,7 @@ def add_error_handlers(app: FastAPI) -> None:
         message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: "
                             f"{e.get('msg')}" for e in errors)
         return JSONResponse(error_body(message, "invalid_request_error", where,
-                                       "validation_error"), 422)
+                                       "validation_error"), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -255,16 +328,29 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     def chat(request: ChatRequest) -> Any:
+        completions.check(request)
         tool_functions(request.tools)  # a wrong shape is a 400 here, not a crash later
         tools = bool(request.tools) and request.tool_choice != "none"
-        forced = tool_call_schema(request.tools or [], request.tool_choice) if tools else None
+        parallel = request.parallel_tool_calls is not False
+        forced = tool_call_schema(request.tools or [], request.tool_choice, parallel) \
+            if tools else None
+        if request.top_logprobs is not None and not request.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        job = Job(True, request.n, (request.top_logprobs or 0) if request.logprobs else None,
+                  tools, parallel)
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
-        return completions.run(request, engine.chat_prompt(messages, request.tools), True,
-                               request.max_completion_tokens or request.max_tokens, tools,
-                               forced)
+        prompt = engine.chat_prompt(messages, request.tools if tools else None)
+        return completions.run(request, job, prompt,
+                               request.max_completion_tokens or request.max_tokens, forced)
 
     @app.post("/v1/completions")
     def complete(request: CompletionRequest) -> Any:
-        return completions.run(request, request.prompt, False, request.max_tokens, False)
+        completions.check(request)
+        if request.echo and request.logprobs is not None:
+            raise ApiError(400, "echo with logprobs (the prompt's logprobs) is not supported",
+                           "echo")
+        job = Job(False, request.n, request.logprobs, echo=request.prompt if request.echo
+                  else "")
+        return completions.run(request, job, request.prompt, request.max_tokens)
 
     return app

@@ -22,7 +22,6 @@ the model needs them) come from the model's env; it never imports the host-side 
 from __future__ import annotations
 
 import functools
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -35,14 +34,14 @@ from .engine import SamplingParams, Step, TokenLogprob, TopToken
 from .openai_helpers import (
     ApiError,
     TailDecoder,
+    byte_piece,
+    chat_messages,
     closer_tokens,
-    content_text,
     first_stop,
     format_schema,
     inside_string,
     prompt_char_limit,
     safe_prefix,
-    tool_functions,
 )
 
 
@@ -142,23 +141,7 @@ class Engine:
                     tools: list[dict[str, Any]] | None) -> str:
         """The prompt of a chat: OpenAI messages (plain dicts), the tools described in a
         system message, the configured system prompt, the model's chat template."""
-        messages = [dict(m) for m in messages]
-        for index, m in enumerate(messages):
-            if isinstance(m.get("content"), list):  # OpenAI content parts: keep the text
-                if any(part.get("type", "text") == "text" and not isinstance(
-                        part.get("text"), str) for part in m["content"]):
-                    raise ApiError(400, f"messages[{index}].content: a text part needs a "
-                                        "string 'text'", "messages")
-                m["content"] = content_text(m["content"])
-        if tools:
-            described = json.dumps(tool_functions(tools))
-            messages.insert(0, {"role": "system", "content":
-                                "You can call these tools. To call one, answer with only a "
-                                'JSON object {"tool": name, "args": {...}, "id": "call_1"}.\n'
-                                f"Tools: {described}"})
-        system = self.config.get("system_prompt") or ""
-        if system and not any(m["role"] == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": system})
+        messages = chat_messages(messages, tools, self.config.get("system_prompt") or "")
         if self.config.get("model_type", "instruct") == "base" or \
                 not getattr(self.tokenizer, "chat_template", None):
             return "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in messages) + \
@@ -219,14 +202,17 @@ class Engine:
         special = set(tok.all_special_ids)
         size = max(len(tok), getattr(self.model.config, "vocab_size", 0) or 0)
         table = []
+        pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
         for token in range(size):
-            if token in special or token >= len(tok):
+            piece = pieces[token] if token < len(pieces) else None
+            if token in special or piece is None:
                 table.append(b"")
+            elif byte_piece(piece) is not None:  # <0xFF>: llguidance has no bytes for it
+                table.append(bytes([byte_piece(piece)]))
             elif self.ll_tokenizer is not None:
                 table.append(bytes(self.ll_tokenizer.decode_bytes([token])))
             else:
-                table.append(tok.convert_tokens_to_string(
-                    [tok.convert_ids_to_tokens(token)]).encode("utf-8"))
+                table.append(tok.convert_tokens_to_string([piece]).encode("utf-8"))
         self.token_bytes = table
         # SentencePiece decoders drop the space that begins a text ("▁Hi" alone is "Hi"):
         # keep that rule, the bytes of "▁Hi" start with b" ".
