@@ -38,18 +38,15 @@ from .llamacpp_grammar import GrammarMask, GrammarPool, cached_grammar
 from .openai_helpers import (
     ApiError,
     TailDecoder,
-    content_text,
+    chat_messages,
     first_stop,
     format_schema,
     inside_string,
     prompt_char_limit,
     safe_prefix,
-    tool_functions,
 )
 
 DEFAULT_N_CTX = 2048
-TOOLS_PROMPT = ('You can call these tools. To call one, answer with only a JSON object '
-                '{"tool": name, "args": {...}, "id": "call_1"}.\nTools: ')
 
 
 def hf_template(source: str) -> Any:
@@ -177,20 +174,7 @@ class LlamaCppEngine:
                     tools: list[dict[str, Any]] | None) -> str:
         """The prompt of a chat, built exactly as the transformers engine builds it (tools in
         a system message, the configured system prompt, the model's chat template)."""
-        messages = [dict(m) for m in messages]
-        for index, m in enumerate(messages):
-            if isinstance(m.get("content"), list):  # OpenAI content parts: keep the text
-                if any(part.get("type", "text") == "text" and not isinstance(
-                        part.get("text"), str) for part in m["content"]):
-                    raise ApiError(400, f"messages[{index}].content: a text part needs a "
-                                        "string 'text'", "messages")
-                m["content"] = content_text(m["content"])
-        if tools:
-            messages.insert(0, {"role": "system", "content": TOOLS_PROMPT +
-                                json.dumps(tool_functions(tools))})
-        system = self.config.get("system_prompt") or ""
-        if system and not any(m["role"] == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": system})
+        messages = chat_messages(messages, tools, self.config.get("system_prompt") or "")
         if self.config.get("model_type", "instruct") == "base" or self.template is None:
             return "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in messages) + \
                 "\nassistant:"
