@@ -120,7 +120,6 @@ def test_the_model_id_is_checked_and_answered(served: dict[str, Any]) -> None:
                  id="max_tokens-0"),
     pytest.param(b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1, '
                  b'"stream": true}', id="max_tokens-negative-stream"),
-    pytest.param(b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', id="n"),
 ])
 def test_client_mistakes_are_4xx_json_without_paths(served: dict[str, Any],
                                                     body: bytes) -> None:
@@ -129,6 +128,23 @@ def test_client_mistakes_are_4xx_json_without_paths(served: dict[str, Any],
     assert 400 <= response.status_code < 500, response.text
     error = response.json()["error"]
     assert error["message"] and "/" not in error["message"] and "Traceback" not in response.text
+
+
+def test_n_choices_and_logprobs(served: dict[str, Any]) -> None:
+    client, model = served["client"], served["model"]
+    answer = client.chat.completions.create(model=model, messages=HI, max_tokens=4, n=2,
+                                            logprobs=True, top_logprobs=2)
+    assert [c.index for c in answer.choices] == [0, 1]
+    assert answer.usage is not None and answer.usage.completion_tokens == 8
+    for choice in answer.choices:
+        content = choice.logprobs.content if choice.logprobs else None
+        assert content and len(content) == 4
+        assert all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in content)
+        assert all(e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob for e in content)
+    text = client.completions.create(model=model, prompt="Once upon a time", max_tokens=3,
+                                     logprobs=2, temperature=0).choices[0]
+    assert text.logprobs is not None and len(text.logprobs.tokens or []) == 3
+    assert all(len(top) == 2 for top in text.logprobs.top_logprobs or [])
 
 
 def test_sampling_never_breaks_and_seeds_repeat(served: dict[str, Any]) -> None:
