@@ -225,9 +225,13 @@ class LlamaCppEngine:
         llm = self.llm
         cached = llm.input_ids[:llm.n_tokens].tolist()
         keep = 0
-        limit = min(len(cached), len(prompt_ids) - 1)
+        # a recurrent state cannot be cut back to a prefix: start over
+        partial = not (getattr(llm, "_is_recurrent", False) or getattr(llm, "_is_hybrid", False))
+        limit = min(len(cached), len(prompt_ids) - 1) if partial else 0
         while keep < limit and cached[keep] == prompt_ids[keep]:
             keep += 1
+        if keep == 0:
+            llm.reset()
         llm.n_tokens = keep
         llm.eval(prompt_ids[keep:])
 

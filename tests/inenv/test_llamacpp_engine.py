@@ -105,6 +105,9 @@ for prompt in case["prompts"]:
     ids = engine.encode(prompt, False)
     run(prompt, max_tokens=17)
     out["greedy"][prompt] = engine.llm.input_ids[len(ids):engine.llm.n_tokens].tolist()[:16]
+# the KV cache of a shared prefix is reused; the answers are those of a fresh start
+out["reuse"] = [run(p, max_tokens=12)["text"] for p in
+                ("Hello! How", "Hello! How can I", "Hello! How", "Hello! How can I")]
 out["budgets"] = {n: run("Once upon a time", max_tokens=n) for n in range(1, 8)}
 out["stop_base"] = run("Once upon a time", max_tokens=24)
 out["stopped"] = run("Once upon a time", max_tokens=24, stops=case["stops"])
@@ -194,6 +197,11 @@ def test_greedy_tokens_are_the_transformers_models(sides: dict[str, Any], prompt
     llama = sides["llama"]["greedy"][prompt]
     assert hf and llama[:len(hf)] == hf  # transformers stops at EOS, llama.cpp as well
     assert len(llama) == len(hf)
+
+
+def test_a_reused_prefix_changes_nothing(sides: dict[str, Any]) -> None:
+    first, longer, again, longer_again = sides["llama"]["reuse"]
+    assert first == again and longer == longer_again and first != longer
 
 
 def test_max_tokens_is_exact(sides: dict[str, Any]) -> None:
