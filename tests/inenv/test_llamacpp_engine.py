@@ -239,6 +239,7 @@ def test_grammars_constrain_and_compile_once(sides: dict[str, Any]) -> None:
     for result in llama["json"]:
         assert result["finish"] == "stop", result
         assert json.loads(result["text"])["n"] in (1, 2, 3)
+        assert " " not in result["text"]  # compact: no budget spent on optional blanks
     assert isinstance(json.loads(llama["json_object"]["text"]), dict)
     fast, masked = llama["json_greedy"]
     assert fast == masked and fast.startswith("{")
