@@ -6,19 +6,44 @@ server modules (``transformers_app``, the llama.cpp one) load an engine and serv
 In-env module (``owllm.inenv``): fastapi, pydantic (and the engine's packages) come from the
 model's env; it never imports the host-side ``owllm``, nor torch (an engine does).
 
-* ``GET /health`` is 503 until the engine is ready, then 200.
-* ``POST /v1/chat/completions`` and ``/v1/completions``: sampling (temperature 0 = greedy,
-  top_p, seed), stop strings, ``stream`` (SSE), ``tools``, ``response_format`` json_object /
-  json_schema (enforced by the engine's matcher).
-* With ``tools``, a JSON tool call in the output comes back as ``message.tool_calls`` (when
-  streaming: ``delta.tool_calls`` at the end) with finish_reason ``tool_calls``;
-  ``tool_choice`` "required" / a named function forces a call through the same grammar.
-* Unknown routes / methods and validation errors get OpenAI-shaped bodies too; malformed
-  JSON is 400.  Pure helpers live in ``openai_helpers``.
-* The ``model`` field must name the configured model id; an omitted one means that model.
+* ``GET /health`` is 503 until the engine is ready, then 200; ``GET /v1/models`` lists the
+  one configured id.
+* ``POST /v1/chat/completions`` and ``/v1/completions``: temperature (0 = greedy: the argmax,
+  nothing else applies), top_p (the most likely token always stays: no nan), ``seed`` (same
+  seed, same output; choice i of ``n`` samples with seed + i), ``stop`` (at most 4, never in
+  the text), ``n`` (1..8 sequences, one after the other; ``usage`` sums them), ``stream``
+  with ``stream_options.include_usage``, ``response_format`` json_object / json_schema
+  (enforced by the engine's matcher), ``max_tokens`` / ``max_completion_tokens`` (>= 1).
+* Logprobs in OpenAI's shapes, streamed too (each chunk carries the tokens generated since
+  the last one): chat ``logprobs: true`` + ``top_logprobs`` 0..20
+  (``{"content": [{token, logprob, bytes, top_logprobs}]}``), completions ``logprobs`` 0..5
+  (``tokens`` / ``token_logprobs`` / ``top_logprobs`` / ``text_offset``).  They are the raw
+  model's (before temperature and constraints); the EOS that ends a choice is not listed.
+* ``echo`` (completions) puts the prompt in front of the text; with ``logprobs`` (prompt
+  logprobs) it is a 400.  Parameters this app does not implement (``NEUTRAL``:
+  frequency/presence penalties, ``logit_bias``, ``best_of``, ``suffix``, ...) are a 400
+  naming them unless set to their neutral value; they are never silently ignored.
+* Tools: ``tools`` are described to the model in a system message; ``tool_choice`` "auto"
+  (the model decides: a JSON call envelope in its output becomes ``tool_calls``), "none"
+  (tools not described, no calls), "required" / a named function (forced through the
+  engine's grammar); ``parallel_tool_calls`` false allows exactly one call, true (the
+  default) a non-empty array of calls too.  ``finish_reason`` is "tool_calls" only for a
+  complete call; a call cut by ``max_tokens`` is "length" and the message carries the partial
+  JSON as ``content`` (no ``tool_calls``).  Streamed, a call goes out as OpenAI streams it,
+  once the output is complete: per call a first delta (index, id, type "function", name,
+  arguments "") then its arguments (index and arguments only; the name never repeats).
+  Assistant messages with ``tool_calls`` and ``role: tool`` messages render back into the
+  prompt (``openai_helpers.chat_messages``).
+* Text: the engine's rule (see ``engine``): invalid UTF-8 is one U+FFFD per invalid
+  sequence, held back until the sequence completes or fails.
+* Errors are OpenAI-shaped ``{"error": {message, type, param, code}}``: 400 for validation
+  (schema errors included: OpenAI answers 400, not 422; malformed JSON too), 404 for an
+  unknown model or route, 405, 413 at the guard, 503 while loading.  No request takes the
+  server down, no response carries an exception text, traceback or file path (the log has
+  them); an error after a stream started is an in-band ``server_error`` event.
+* The ``model`` field must name the configured model id; an omitted one means that model;
+  responses always carry the id.
 * Generation runs one sequence at a time (the engine's lock).
-* Errors are OpenAI-style ``{"error": {...}}`` bodies; no request takes the server down, and
-  no response carries an exception text, traceback or file path (the log has them).
 * ``/health`` and ``/v1/models`` are async handlers on the event loop: generation requests
   fill the worker threads (one generates, the rest wait for the lock), and a liveness probe
   queued behind them timed out, so supervisors killed a busy server (issue 13).
@@ -29,7 +54,7 @@ model's env; it never imports the host-side ``owllm``, nor torch (an engine does
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -233,7 +258,7 @@ class Completions:
             yield "data: [DONE]\n\n"
 
     def stream_choice(self, index: int, gen: Iterator[Step], reply: Reply,
-                      job: Job) -> Iterator[str]:
+                      job: Job) -> Generator[str, None, int]:
         """The chunks of one choice; returns its completion tokens.
 
         With tools, an output that opens like JSON is held back until it ends: a complete

@@ -207,8 +207,8 @@ class Engine:
             piece = pieces[token] if token < len(pieces) else None
             if token in special or piece is None:
                 table.append(b"")
-            elif byte_piece(piece) is not None:  # <0xFF>: llguidance has no bytes for it
-                table.append(bytes([byte_piece(piece)]))
+            elif (byte := byte_piece(piece)) is not None:  # <0xFF>: not in llguidance
+                table.append(bytes([byte]))
             elif self.ll_tokenizer is not None:
                 table.append(bytes(self.ll_tokenizer.decode_bytes([token])))
             else:
@@ -235,11 +235,10 @@ class Engine:
             data = self.token_bytes[t] if 0 <= t < len(self.token_bytes) else b""
             return data.decode("utf-8", "replace"), data, float(logprobs[t])
 
-        top = ()
+        top: tuple[TopToken, ...] = ()
         if k > 0:
-            values, order = torch.topk(logprobs, min(k, logprobs.shape[0]))
+            _, order = torch.topk(logprobs, min(k, logprobs.shape[0]))
             top = tuple(TopToken(*entry(int(t))) for t in order.tolist())
-            del values
         return TokenLogprob(*entry(token), top=top)
 
     def generate(self, prompt_ids: list[int], sampling: SamplingParams,
