@@ -170,3 +170,35 @@ def test_unknown_server_args_stop_the_server(owllm_registry: EnvRegistry,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode != 0 and "no_such_setting" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_openapi_schema_driven_requests_never_5xx(served: dict[str, Any]) -> None:
+    """openai_app's schema-driven check (tests/inenv/test_openai_app.py) on the llama.cpp
+    engine: whatever the app's schema admits, and wrong values in its fields, is never a
+    5xx (the engine's own failure modes: grammars, sampling, the KV cache)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.inenv.test_openai_app import _bodies
+
+    url = served["url"]
+    schema = httpx.get(url + "/openapi.json", timeout=10).json()
+    paths = {"ChatRequest": "/v1/chat/completions", "CompletionRequest": "/v1/completions"}
+    seen: list[int] = []
+
+    @settings(max_examples=40, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(sorted(paths)).flatmap(
+        lambda name: st.tuples(st.just(name), _bodies(schema, name))))
+    def check(case: tuple[str, Any]) -> None:
+        name, body = case
+        if isinstance(body, dict) and isinstance(body.get("max_tokens"), int):
+            body["max_tokens"] = min(body["max_tokens"], 16)  # bound the time, keep the edge
+        response = httpx.post(url + paths[name], json=body, timeout=120)
+        seen.append(response.status_code)
+        assert response.status_code < 500, (body, response.text)
+        assert "Traceback" not in response.text and "server_error" not in response.text
+
+    check()
+    assert httpx.get(url + "/health", timeout=5).status_code == 200
+    assert 200 in seen and any(400 <= s < 500 for s in seen), seen
