@@ -334,21 +334,32 @@ class LlamaCppEngine:
 def sample(logits: Any, temperature: float, top_p: float, rng: Any) -> int:
     """Greedy (argmax) at temperature 0; else softmax(logits / temperature) in float64, cut
     to the top_p nucleus with the most likely token always kept (a top_p of 1e-300 is
-    greedy); a distribution that is still not finite falls back to the argmax, never nan."""
+    greedy); a distribution that is still not finite falls back to the argmax, never nan.
+    Only the nucleus is sorted (a whole 150k vocabulary per token costs milliseconds)."""
     greedy = int(np.argmax(logits))
     if temperature <= 0:
         return greedy
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         scaled = np.asarray(logits, dtype=np.float64) / temperature
         probs = np.exp(scaled - np.max(scaled))
-        order = np.argsort(-probs, kind="stable")
-        kept = probs[order]
-        if top_p < 1.0:
-            total = kept.sum()
-            keep = np.cumsum(kept) - kept < top_p * total
+        total = float(probs.sum())
+        order = None  # None: every token, in vocabulary order
+        if top_p < 1.0 and np.isfinite(total):
+            head = min(len(probs), 256)  # the nucleus is usually among the top few hundred
+            order = np.argpartition(-probs, head - 1)[:head]
+            if probs[order].sum() < top_p * total:
+                order = np.arange(len(probs))
+            order = order[np.argsort(-probs[order], kind="stable")]
+            ranked = probs[order]
+            keep = np.cumsum(ranked) - ranked < top_p * total
             keep[0] = True
-            order, kept = order[keep], kept[keep]
+            order = order[keep]
+        kept = probs if order is None else probs[order]
         total = float(kept.sum())
     if not np.isfinite(kept).all() or not total > 0:
         return greedy
-    return int(order[rng.choice(len(order), p=kept / total)])
+    # inverse CDF: one uniform draw (rng.choice validates p: 25 ms for 150k tokens)
+    cumulative = np.cumsum(kept)
+    at = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    at = min(at, len(kept) - 1)
+    return at if order is None else int(order[at])

@@ -116,6 +116,11 @@ out["seeded"] = [run("Once upon a time", max_tokens=12, temperature=1.0, seed=s)
 out["tiny_top_p"] = run("Once upon a time", max_tokens=12, temperature=1.0, top_p=1e-300,
                         seed=1)
 out["hot"] = run("Once upon a time", max_tokens=12, temperature=2.0, seed=1)
+import numpy as np
+from _owllm_inenv.llamacpp_engine import sample
+rng, probs = np.random.default_rng(0), np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+out["nucleus"] = {str(p): np.bincount([sample(probs, 1.0, p, rng) for _ in range(4000)],
+                                      minlength=4).tolist() for p in (0.7, 1.0)}
 out["top3"] = run("Once upon a time", max_tokens=4, top_logprobs=3)
 schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1,
                                                  "maximum": 3}}, "required": ["n"]}
@@ -224,6 +229,13 @@ def test_seeds_repeat_and_sampling_never_breaks(sides: dict[str, Any]) -> None:
     greedy = llama["budgets"]["7"]["text"]
     assert llama["tiny_top_p"]["text"].startswith(greedy[:4])  # top_p 1e-300: the argmax
     assert llama["tiny_top_p"]["tokens"] == 12 and llama["hot"]["tokens"] == 12
+
+
+def test_nucleus_sampling_draws_from_the_nucleus(sides: dict[str, Any]) -> None:
+    nucleus, full = sides["llama"]["nucleus"]["0.7"], sides["llama"]["nucleus"]["1.0"]
+    # p = .5 .3 .15 .05; top_p .7 keeps the first two (.3 crosses the line), renormalized
+    assert nucleus[2:] == [0, 0] and nucleus[0] / 4000 == pytest.approx(0.625, abs=0.03)
+    assert [n / 4000 for n in full] == pytest.approx([0.5, 0.3, 0.15, 0.05], abs=0.03)
 
 
 def test_logprobs_are_the_models(sides: dict[str, Any]) -> None:
