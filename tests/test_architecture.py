@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     # may use them); listed so the HTTP layer and its engine contract have a named place.
     "owllm.inenv.openai_app": 0,
     "owllm.inenv.engine": 0,
+    "owllm.inenv.llamacpp_engine": 0,
 }
 
 

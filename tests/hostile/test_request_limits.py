@@ -112,10 +112,7 @@ def test_wrong_shapes_are_client_errors_without_exception_text(owllm_model: Endp
     ]
     for body in cases:
         response = owllm_model.request("POST", CHAT, json={**body, "max_tokens": 2})
-        # llama-cpp-python's own app still answers schema errors 422 until the llama.cpp
-        # server is served by openai_app (branch "llama"); then drop this exception.
-        legacy = "llamacpp" in (owllm_model.model or "") and response.status_code == 422
-        error = error_of(response, 422 if legacy else 400)
+        error = error_of(response, 400)
         assert error["type"] == "invalid_request_error"
         assert error["param"] in ("tool_choice", "tools", "tools[0]", "messages"), error
     not_json = owllm_model.request("POST", CHAT, content=b"{not json",
