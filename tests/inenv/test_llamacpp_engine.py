@@ -116,6 +116,16 @@ out["seeded"] = [run("Once upon a time", max_tokens=12, temperature=1.0, seed=s)
 out["tiny_top_p"] = run("Once upon a time", max_tokens=12, temperature=1.0, top_p=1e-300,
                         seed=1)
 out["hot"] = run("Once upon a time", max_tokens=12, temperature=2.0, seed=1)
+import llama_cpp
+from _owllm_inenv.openai_helpers import TailDecoder
+texts = {llama_cpp.llama_vocab_get_text(engine.vocab, t): t for t in range(len(engine.pieces))}
+b = lambda *xs: [texts[f"<0x{x:02X}>".encode()] for x in xs]
+word = texts["\u2581model".encode()]
+decoder = TailDecoder(engine.decode)
+out["utf8"] = {"euro": engine.decode(b(0xE2, 0x82, 0xAC)),
+               "cut": engine.decode(b(0xE2, 0x82) + [word]), "two": engine.decode(b(0xFF, 0xFE)),
+               "start": engine.decode([word, word]),
+               "held": [decoder.add(t) for t in b(0xE2, 0x82) + [word]]}
 import numpy as np
 from _owllm_inenv.llamacpp_engine import sample
 rng, probs = np.random.default_rng(0), np.log(np.array([0.5, 0.3, 0.15, 0.05]))
@@ -229,6 +239,13 @@ def test_seeds_repeat_and_sampling_never_breaks(sides: dict[str, Any]) -> None:
     greedy = llama["budgets"]["7"]["text"]
     assert llama["tiny_top_p"]["text"].startswith(greedy[:4])  # top_p 1e-300: the argmax
     assert llama["tiny_top_p"]["tokens"] == 12 and llama["hot"]["tokens"] == 12
+
+
+def test_invalid_utf8_renders_as_the_transformers_engine_does(sides: dict[str, Any]) -> None:
+    """``engine``'s rule (tests/inenv/test_openai_app.py checks the transformers engine):
+    one U+FFFD per invalid sequence, held back until the next token decides it."""
+    assert sides["llama"]["utf8"] == {"euro": "€", "cut": "\ufffd model", "two": "\ufffd\ufffd",
+                                      "start": "model model", "held": ["", "", "\ufffd model"]}
 
 
 def test_nucleus_sampling_draws_from_the_nucleus(sides: dict[str, Any]) -> None:
