@@ -202,3 +202,31 @@ def test_openapi_schema_driven_requests_never_5xx(served: dict[str, Any]) -> Non
     check()
     assert httpx.get(url + "/health", timeout=5).status_code == 200
     assert 200 in seen and any(400 <= s < 500 for s in seen), seen
+
+
+OVERRIDES = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location(
+    "_owllm_inenv", sys.argv[1] + "/__init__.py", submodule_search_locations=[sys.argv[1]])
+package = importlib.util.module_from_spec(spec)
+sys.modules["_owllm_inenv"] = package
+spec.loader.exec_module(package)
+from _owllm_inenv.llamacpp_server import llama_overrides, server_args_to_settings
+print(json.dumps(llama_overrides(server_args_to_settings(sys.argv[2:]))))
+"""
+
+
+def test_server_args_become_typed_llama_arguments(owllm_registry: EnvRegistry) -> None:
+    from owllm.inenv import PACKAGE_DIR
+
+    python = owllm_registry.ensure_env("llamacpp-cpu").python_executable
+
+    def overrides(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(python), "-c", OVERRIDES, str(PACKAGE_DIR), *args],
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    done = overrides("--n_threads", "2", "--n-batch=64", "--flash_attn", "false")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"n_threads": 2, "n_batch": 64, "flash_attn": False}
+    bad = overrides("--n_threads", "many")
+    assert bad.returncode != 0 and "n_threads" in bad.stderr and "Traceback" not in bad.stderr
