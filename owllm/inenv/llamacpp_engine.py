@@ -208,14 +208,16 @@ class LlamaCppEngine:
             return None
         else:
             schema = format_schema(response_format)
+        # a forced tool call's schema holds the tools' parameters: name those
+        where, param = ("the tools' parameters", "tools") if forced is not None else \
+            ("response_format.json_schema.schema", "response_format")
         try:
             return GrammarMask(self.grammars.sampler(cached_grammar(schema)), len(self.pieces))
         except RecursionError:
-            raise ApiError(400, "response_format.json_schema.schema nests too deeply",
-                           "response_format") from None
+            raise ApiError(400, f"{where}: nested too deeply", param) from None
         except Exception as exc:  # the converter raises bare Exceptions and others
-            raise ApiError(400, f"response_format.json_schema.schema cannot be compiled to a "
-                                f"llama.cpp grammar: {exc}", "response_format") from exc
+            raise ApiError(400, f"{where} cannot be compiled to a llama.cpp grammar: {exc}",
+                           param) from exc
 
     # -- generation --------------------------------------------------------------------------
 
@@ -252,7 +254,9 @@ class LlamaCppEngine:
 
         top: tuple[TopToken, ...] = ()
         if k > 0:
-            order = np.argsort(-logprobs, kind="stable")[:k]
+            k = min(k, len(logprobs))
+            head = np.argpartition(-logprobs, k - 1)[:k]
+            order = head[np.argsort(-logprobs[head], kind="stable")]
             top = tuple(TopToken(*entry(int(t))) for t in order)
         return TokenLogprob(*entry(token), top=top)
 

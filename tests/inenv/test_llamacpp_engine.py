@@ -150,6 +150,11 @@ try:
     out["bad_schema"] = None
 except Exception as exc:
     out["bad_schema"] = [type(exc).__name__, exc.status, exc.param, exc.message]
+try:
+    engine.matcher(None, {"type": "object", "properties": {"a": {"$ref": "#/$defs/gone"}}})
+    out["bad_tools"] = None
+except Exception as exc:
+    out["bad_tools"] = [type(exc).__name__, exc.status, exc.param, exc.message]
 print(json.dumps(out))
 """
 
@@ -276,3 +281,5 @@ def test_grammars_constrain_and_compile_once(sides: dict[str, Any]) -> None:
     kind, status, param, message = llama["bad_schema"]
     assert (kind, status, param) == ("ApiError", 400, "response_format")
     assert "cannot be compiled to a llama.cpp grammar" in message
+    kind, status, param, message = llama["bad_tools"]  # a forced call: the tools are at fault
+    assert (kind, status, param) == ("ApiError", 400, "tools") and "tools' parameters" in message
