@@ -201,6 +201,24 @@ def test_tool_choice_named_parallel_none_and_cut(client: openai.OpenAI,
     assert joined(events, chat=True)[0] == choice["message"]["content"]
 
 
+def test_official_client_assembles_streamed_tool_calls(client: openai.OpenAI) -> None:
+    """The client's own stream accumulator (``chat.completions.stream``) rebuilds the calls
+    of the non-streamed answer from our deltas, for one call and for parallel calls."""
+    for seed in (0, 1, 2):
+        body: Any = {"model": "tiny-chat", "messages": HELLO, "tools": [CALC_TOOL],
+                     "tool_choice": "required", "max_tokens": 80, "temperature": 1.0,
+                     "seed": seed}
+        whole = client.chat.completions.create(**body)
+        with client.chat.completions.stream(**body) as stream:
+            final = stream.get_final_completion()
+        assert final.choices[0].finish_reason == "tool_calls"
+        calls = final.choices[0].message.tool_calls or []
+        expected = whole.choices[0].message.tool_calls or []
+        assert [(c.id, c.function.name, c.function.arguments) for c in calls] == \
+            [(c.id, c.function.name, c.function.arguments) for c in expected]
+        assert calls and all(c.function.name == "calculator" for c in calls)
+
+
 def test_tool_messages_go_back_into_the_prompt(instruct_server: Server,
                                                base_server: Server) -> None:
     call = {"id": "call_1", "type": "function",
