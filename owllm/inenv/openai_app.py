@@ -191,6 +191,12 @@ class Completions:
             raise ApiError(400, f"the prompt has {len(prompt)} characters, more than fit in "
                                 f"the model's context length of {engine.max_len} tokens",
                            "messages" if chat else "prompt", "context_length_exceeded")
+        try:  # JSON can carry a lone UTF-16 surrogate ("\ud800"): no tokenizer takes one
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ApiError(400, f"the {'messages hold' if chat else 'prompt holds'} a lone "
+                                f"UTF-16 surrogate at character {exc.start}: not valid Unicode",
+                           "messages" if chat else "prompt") from None
         prompt_ids = engine.encode(prompt, chat)
         if max_tokens is None:  # the configured default shrinks to fit; an explicit one not
             sampling = replace(sampling, max_tokens=max(1, min(

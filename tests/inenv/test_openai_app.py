@@ -204,9 +204,9 @@ def test_tool_choice_named_parallel_none_and_cut(client: openai.OpenAI,
 def test_official_client_assembles_streamed_tool_calls(client: openai.OpenAI) -> None:
     """The client's own stream accumulator (``chat.completions.stream``) rebuilds the calls
     of the non-streamed answer from our deltas, for one call and for parallel calls."""
-    for seed in (0, 1, 2):
+    for seed in (0, 1):
         body: Any = {"model": "tiny-chat", "messages": HELLO, "tools": [CALC_TOOL],
-                     "tool_choice": "required", "max_tokens": 80, "temperature": 1.0,
+                     "tool_choice": "required", "max_tokens": 60, "temperature": 1.0,
                      "seed": seed}
         whole = client.chat.completions.create(**body)
         with client.chat.completions.stream(**body) as stream:
@@ -276,6 +276,17 @@ def test_invalid_utf8_is_one_replacement_per_invalid_sequence(
     assert out["two"] == "\ufffd\ufffd"  # FF and FE are two
     assert out["start"] == "model model"  # SentencePiece's leading space dropped at the start
     assert out["held"] == ["", "", "\ufffd model"]
+
+
+def test_lone_surrogates_are_a_400(instruct_server: Server) -> None:
+    """JSON may escape half a UTF-16 pair; the tokenizer raised TypeError on it (a 500)."""
+    for path, raw in ((CHAT, b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'),
+                      (COMPLETIONS, b'{"prompt": "a\\udfffb"}')):
+        response = httpx.post(instruct_server.url(path), content=raw, timeout=30,
+                              headers={"content-type": "application/json"})
+        error = assert_error(response, 400)
+        assert error["param"] == ("messages" if path == CHAT else "prompt")
+        assert "surrogate" in error["message"]
 
 
 # -- no 5xx for anything the app's own schema admits -------------------------------------------
