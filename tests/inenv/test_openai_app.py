@@ -98,6 +98,21 @@ def test_chat_logprobs(client: openai.OpenAI, instruct_server: Server) -> None:
     assert error["param"] == "top_logprobs"
 
 
+def test_logprobs_under_a_constraint_are_json_numbers(instruct_server: Server) -> None:
+    """A forced call's logprobs: the grammar's mask applied, so forced tokens are 0 and the
+    tokens it forbids are left out of top_logprobs (their -inf is no JSON number)."""
+    response = instruct_server.post(CHAT, {
+        "messages": HELLO, "tools": [CALC_TOOL], "tool_choice": "required", "max_tokens": 12,
+        "temperature": 0, "logprobs": True, "top_logprobs": 20})
+    assert response.status_code == 200, response.text
+    assert "Infinity" not in response.text and "NaN" not in response.text
+    content = response.json()["choices"][0]["logprobs"]["content"]
+    assert len(content) == 12
+    assert any(e["logprob"] == 0.0 and len(e["top_logprobs"]) == 1 for e in content)
+    for entry in content[:6]:  # before the closing steer of the budget's end (engine)
+        assert entry["top_logprobs"][0]["logprob"] == entry["logprob"]  # greedy
+
+
 def test_completion_logprobs_and_echo(client: openai.OpenAI, instruct_server: Server) -> None:
     body: dict[str, Any] = {"prompt": "Once upon", "max_tokens": 5, "temperature": 0}
     done = client.completions.create(model="tiny-chat", logprobs=2, **body)
