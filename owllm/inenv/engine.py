@@ -47,7 +47,9 @@ class TopToken:
 
     token: str  # its bytes decoded with errors="replace"
     bytes: bytes  # the token's exact bytes (a byte-fallback token: its one byte)
-    logprob: float  # natural log of its probability under the model (raw logits)
+    # natural log of its probability: the model's logits with the constraint's mask applied,
+    # before temperature and top_p; never -inf or nan (JSON has no such number)
+    logprob: float
 
 
 @dataclass(frozen=True)

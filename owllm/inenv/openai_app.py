@@ -17,8 +17,9 @@ model's env; it never imports the host-side ``owllm``, nor torch (an engine does
 * Logprobs in OpenAI's shapes, streamed too (each chunk carries the tokens generated since
   the last one): chat ``logprobs: true`` + ``top_logprobs`` 0..20
   (``{"content": [{token, logprob, bytes, top_logprobs}]}``), completions ``logprobs`` 0..5
-  (``tokens`` / ``token_logprobs`` / ``top_logprobs`` / ``text_offset``).  They are the raw
-  model's (before temperature and constraints); the EOS that ends a choice is not listed.
+  (``tokens`` / ``token_logprobs`` / ``top_logprobs`` / ``text_offset``).  They are the
+  model's, a constraint's mask applied (a forced token: 0), before temperature and top_p;
+  the EOS that ends a choice is not listed.
 * ``echo`` (completions) puts the prompt in front of the text; with ``logprobs`` (prompt
   logprobs) it is a 400.  Parameters this app does not implement (``NEUTRAL``:
   frequency/presence penalties, ``logit_bias``, ``best_of``, ``suffix``, ...) are a 400
@@ -191,6 +192,12 @@ class Completions:
             raise ApiError(400, f"the prompt has {len(prompt)} characters, more than fit in "
                                 f"the model's context length of {engine.max_len} tokens",
                            "messages" if chat else "prompt", "context_length_exceeded")
+        try:  # JSON can carry a lone UTF-16 surrogate ("\ud800"): no tokenizer takes one
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ApiError(400, f"the {'messages hold' if chat else 'prompt holds'} a lone "
+                                f"UTF-16 surrogate at character {exc.start}: not valid Unicode",
+                           "messages" if chat else "prompt") from None
         prompt_ids = engine.encode(prompt, chat)
         if max_tokens is None:  # the configured default shrinks to fit; an explicit one not
             sampling = replace(sampling, max_tokens=max(1, min(
@@ -208,7 +215,14 @@ class Completions:
         sampling = self.sampling(request, max_tokens, job.top_logprobs)
         prompt_ids, sampling = self.encode(prompt, job.chat, sampling, max_tokens)
         # One constraint per choice (a matcher keeps state); a bad schema is a 400 here.
-        matchers = [engine.matcher(request.response_format, forced) for _ in range(job.n)]
+        try:
+            matchers = [engine.matcher(request.response_format, forced) for _ in range(job.n)]
+        except ApiError as exc:
+            if forced is None:
+                raise
+            raise ApiError(400, exc.message.replace("response_format schema",
+                                                    "the tool's parameters schema"),
+                           "tools") from None
         # Choice i samples with seed + i: n=1 and the first of n=2 agree for the same seed.
         gens = [engine.generate(prompt_ids, replace(sampling, seed=None if sampling.seed is None
                                                     else sampling.seed + i), matchers[i])
@@ -355,6 +369,8 @@ def create_app(engine: Engine) -> FastAPI:
     def chat(request: ChatRequest) -> Any:
         completions.check(request)
         tool_functions(request.tools)  # a wrong shape is a 400 here, not a crash later
+        if not request.tools and request.tool_choice not in (None, "none", "auto"):
+            raise ApiError(400, "tool_choice needs tools", "tool_choice")
         tools = bool(request.tools) and request.tool_choice != "none"
         parallel = request.parallel_tool_calls is not False
         forced = tool_call_schema(request.tools or [], request.tool_choice, parallel) \

@@ -8,7 +8,8 @@ the model needs them) come from the model's env; it never imports the host-side 
 * Generation is greedy at temperature 0, else sampled (top_p, a seed).  Stop strings cut the
   output; text that may still become a stop string (or half a UTF-8 character) is held back.
   Text is the tokens' bytes decoded with errors="replace" (one U+FFFD per invalid sequence,
-  not the byte-fallback decoder's one per byte); logprobs come from the raw logits.
+  not the byte-fallback decoder's one per byte); logprobs are the model's, with a
+  constraint's mask applied (a token the grammar forces has logprob 0), before temperature.
 * ``response_format`` json_object / json_schema is enforced by llguidance with non-flexible
   whitespace, so a random model cannot wander in blanks.  The last third of a constrained
   budget (at most half) steers to the shortest legal end: EOS when the value is complete,
@@ -228,17 +229,22 @@ class Engine:
         return text[1:] if self.strip_first and text.startswith(" ") else text
 
     def _logprob(self, logits: torch.Tensor, token: int, k: int) -> TokenLogprob:
-        """The chosen token's logprob under the raw model, and the ``k`` most likely."""
+        """The chosen token's logprob and the ``k`` most likely tokens' (those a constraint
+        forbids are left out: -inf is no JSON number; a chosen one, should the closing steer
+        pick it, is -9999.0 as OpenAI writes it)."""
         logprobs = torch.log_softmax(logits.double(), dim=-1)
 
         def entry(t: int) -> tuple[str, bytes, float]:
             data = self.token_bytes[t] if 0 <= t < len(self.token_bytes) else b""
-            return data.decode("utf-8", "replace"), data, float(logprobs[t])
+            value = float(logprobs[t])
+            return data.decode("utf-8", "replace"), data, value if value > -9999 else -9999.0
 
         top: tuple[TopToken, ...] = ()
         if k > 0:
-            _, order = torch.topk(logprobs, min(k, logprobs.shape[0]))
-            top = tuple(TopToken(*entry(int(t))) for t in order.tolist())
+            values, order = torch.topk(logprobs, min(k, logprobs.shape[0]))
+            top = tuple(TopToken(*entry(int(t))) for v, t in zip(values.tolist(),
+                                                                 order.tolist(), strict=True)
+                        if v > float("-inf"))
         return TokenLogprob(*entry(token), top=top)
 
     def generate(self, prompt_ids: list[int], sampling: SamplingParams,
@@ -268,7 +274,7 @@ class Engine:
             for step in range(max_tokens):
                 result = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: past})
                 past = getattr(result, "cache", None) or getattr(result, "past_key_values", None)
-                raw = logits = result.logits[0, -1, :].float().cpu()
+                logits = result.logits[0, -1, :].float().cpu()
                 if matcher is not None:
                     if matcher.is_stopped():
                         yield Step("", step, "stop")
@@ -285,7 +291,7 @@ class Engine:
                 if token == eos:
                     yield Step("", step, "stop")
                     return
-                logprob = self._logprob(raw, token, k) if k is not None else None
+                logprob = self._logprob(logits, token, k) if k is not None else None
                 seen = len(decoder.text)  # settled text, searched for stops already
                 decoder.add(token)
                 text = decoder.full_text()  # as a full decode: a partial char as U+FFFD

@@ -98,6 +98,21 @@ def test_chat_logprobs(client: openai.OpenAI, instruct_server: Server) -> None:
     assert error["param"] == "top_logprobs"
 
 
+def test_logprobs_under_a_constraint_are_json_numbers(instruct_server: Server) -> None:
+    """A forced call's logprobs: the grammar's mask applied, so forced tokens are 0 and the
+    tokens it forbids are left out of top_logprobs (their -inf is no JSON number)."""
+    response = instruct_server.post(CHAT, {
+        "messages": HELLO, "tools": [CALC_TOOL], "tool_choice": "required", "max_tokens": 12,
+        "temperature": 0, "logprobs": True, "top_logprobs": 20})
+    assert response.status_code == 200, response.text
+    assert "Infinity" not in response.text and "NaN" not in response.text
+    content = response.json()["choices"][0]["logprobs"]["content"]
+    assert len(content) == 12
+    assert any(e["logprob"] == 0.0 and len(e["top_logprobs"]) == 1 for e in content)
+    for entry in content[:6]:  # before the closing steer of the budget's end (engine)
+        assert entry["top_logprobs"][0]["logprob"] == entry["logprob"]  # greedy
+
+
 def test_completion_logprobs_and_echo(client: openai.OpenAI, instruct_server: Server) -> None:
     body: dict[str, Any] = {"prompt": "Once upon", "max_tokens": 5, "temperature": 0}
     done = client.completions.create(model="tiny-chat", logprobs=2, **body)
@@ -201,6 +216,24 @@ def test_tool_choice_named_parallel_none_and_cut(client: openai.OpenAI,
     assert joined(events, chat=True)[0] == choice["message"]["content"]
 
 
+def test_official_client_assembles_streamed_tool_calls(client: openai.OpenAI) -> None:
+    """The client's own stream accumulator (``chat.completions.stream``) rebuilds the calls
+    of the non-streamed answer from our deltas, for one call and for parallel calls."""
+    for seed in (0, 1):
+        body: Any = {"model": "tiny-chat", "messages": HELLO, "tools": [CALC_TOOL],
+                     "tool_choice": "required", "max_tokens": 60, "temperature": 1.0,
+                     "seed": seed}
+        whole = client.chat.completions.create(**body)
+        with client.chat.completions.stream(**body) as stream:
+            final = stream.get_final_completion()
+        assert final.choices[0].finish_reason == "tool_calls"
+        calls = final.choices[0].message.tool_calls or []
+        expected = whole.choices[0].message.tool_calls or []
+        assert [(c.id, c.function.name, c.function.arguments) for c in calls] == \
+            [(c.id, c.function.name, c.function.arguments) for c in expected]
+        assert calls and all(c.function.name == "calculator" for c in calls)
+
+
 def test_tool_messages_go_back_into_the_prompt(instruct_server: Server,
                                                base_server: Server) -> None:
     call = {"id": "call_1", "type": "function",
@@ -258,6 +291,17 @@ def test_invalid_utf8_is_one_replacement_per_invalid_sequence(
     assert out["two"] == "\ufffd\ufffd"  # FF and FE are two
     assert out["start"] == "model model"  # SentencePiece's leading space dropped at the start
     assert out["held"] == ["", "", "\ufffd model"]
+
+
+def test_lone_surrogates_are_a_400(instruct_server: Server) -> None:
+    """JSON may escape half a UTF-16 pair; the tokenizer raised TypeError on it (a 500)."""
+    for path, raw in ((CHAT, b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'),
+                      (COMPLETIONS, b'{"prompt": "a\\udfffb"}')):
+        response = httpx.post(instruct_server.url(path), content=raw, timeout=30,
+                              headers={"content-type": "application/json"})
+        error = assert_error(response, 400)
+        assert error["param"] == ("messages" if path == CHAT else "prompt")
+        assert "surrogate" in error["message"]
 
 
 # -- no 5xx for anything the app's own schema admits -------------------------------------------

@@ -311,6 +311,17 @@ def test_bad_requests(instruct_server: Server) -> None:
     assert error["param"] == "temperature"
     assert_error(instruct_server.post("/v1/completions", {"prompt": 3}), 400)
     assert_error(instruct_server.post(chat, {"messages": HELLO, "stop": list("abcde")}), 400)
+    error = assert_error(instruct_server.post(chat, {"messages": HELLO,
+                                                     "tool_choice": "required"}), 400)
+    assert error["param"] == "tool_choice"
+    bad_tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "string", "pattern": "(a|"}}}
+    error = assert_error(instruct_server.post(chat, {"messages": HELLO, "tools": [bad_tool],
+                                                     "tool_choice": "required"}), 400)
+    assert error["param"] == "tools" and "response_format" not in error["message"]
+    error = assert_error(instruct_server.post(chat, {"messages": [{"role": "robot",
+                                                                   "content": "hi"}]}), 400)
+    assert error["param"] == "messages.0.role"
     assert_error(httpx.get(instruct_server.url("/v1/nowhere"), timeout=5), 404)
     assert_error(httpx.get(instruct_server.url(chat), timeout=5), 405)
     # the configured id and an omitted model both work, and the server is still healthy
