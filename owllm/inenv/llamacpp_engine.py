@@ -244,20 +244,24 @@ class LlamaCppEngine:
         return np.ctypeslib.as_array(pointer, shape=(len(self.pieces),)).astype(np.float64)
 
     def _logprob(self, logits: Any, token: int, k: int) -> TokenLogprob:
-        """The chosen token's logprob under the raw model, and the ``k`` most likely."""
-        shifted = logits - np.max(logits)
-        logprobs = shifted - np.log(np.sum(np.exp(shifted)))
+        """The chosen token's logprob and the ``k`` most likely tokens' (``engine``: the
+        model's logits with a constraint's mask applied; forbidden tokens are left out of
+        the top ones, -inf being no JSON number, and a chosen one is -9999.0 as OpenAI
+        writes it)."""
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            shifted = logits - np.max(logits)
+            logprobs = shifted - np.log(np.sum(np.exp(shifted)))
 
         def entry(t: int) -> tuple[str, bytes, float]:
-            data = self.pieces[t]
-            return data.decode("utf-8", "replace"), data, float(logprobs[t])
+            data, value = self.pieces[t], float(logprobs[t])
+            return data.decode("utf-8", "replace"), data, value if value > -9999 else -9999.0
 
         top: tuple[TopToken, ...] = ()
         if k > 0:
             k = min(k, len(logprobs))
             head = np.argpartition(-logprobs, k - 1)[:k]
             order = head[np.argsort(-logprobs[head], kind="stable")]
-            top = tuple(TopToken(*entry(int(t))) for t in order)
+            top = tuple(TopToken(*entry(int(t))) for t in order if np.isfinite(logprobs[t]))
         return TokenLogprob(*entry(token), top=top)
 
     def generate(self, prompt_ids: list[int], sampling: SamplingParams,
@@ -275,14 +279,16 @@ class LlamaCppEngine:
         mask: GrammarMask | None = matcher
         decoder = TailDecoder(self.decode)
         emitted = ""
-        # The last tokens of a constrained budget go to closing the JSON (_closing_token).
+        # The last tokens of a constrained budget go to closing the JSON (_closing_token);
+        # logprobs under a constraint need the whole mask (no pick-first shortcut).
         reserve = min(max_tokens // 2, max(8, max_tokens // 3))
         try:
             self._start(prompt_ids)
             for step in range(max_tokens):
-                raw = logits = self._logits()
+                raw = logits = self._logits()  # masked below when constrained
                 token = None
-                if mask is not None and sampling.top_p >= 1.0 and max_tokens - step > reserve:
+                if mask is not None and sampling.top_p >= 1.0 and k is None and \
+                        max_tokens - step > reserve:
                     # The model's own pick, when the grammar takes it, is what the masked
                     # logits give too (argmax; or a draw: rejected picks are drawn again from
                     # the masked distribution, which keeps it exact): one grammar check
@@ -304,7 +310,7 @@ class LlamaCppEngine:
                     return
                 if mask is not None:
                     mask.accept(token)
-                logprob = self._logprob(raw, token, k) if k is not None else None
+                logprob = self._logprob(logits, token, k) if k is not None else None
                 seen = len(decoder.text)  # settled text, searched for stops already
                 decoder.add(token)
                 text = decoder.full_text()

@@ -6,6 +6,7 @@ server got wrong."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,25 @@ def test_n_choices_and_logprobs(served: dict[str, Any]) -> None:
                                      logprobs=2, temperature=0).choices[0]
     assert text.logprobs is not None and len(text.logprobs.tokens or []) == 3
     assert all(len(top) == 2 for top in text.logprobs.top_logprobs or [])
+
+
+def test_logprobs_under_a_constraint_are_json_numbers(served: dict[str, Any]) -> None:
+    """A forced call's logprobs are the masked model's (``engine``): the tokens the grammar
+    forbids are left out of top_logprobs, and nothing is -Infinity or NaN."""
+    response = httpx.post(served["url"] + "/v1/chat/completions", timeout=120, json={
+        "messages": HI, "tools": TOOLS, "tool_choice": "required", "max_tokens": 12,
+        "temperature": 0, "logprobs": True, "top_logprobs": 20})
+    assert response.status_code == 200, response.text
+    assert "Infinity" not in response.text and "NaN" not in response.text
+    content = response.json()["choices"][0]["logprobs"]["content"]
+    assert len(content) == 12 and all(e["logprob"] <= 0 for e in content)
+    assert any(len(e["top_logprobs"]) < 20 for e in content)  # forbidden ones left out
+    for entry in content:  # a distribution over the allowed tokens only
+        tops = [t["logprob"] for t in entry["top_logprobs"]]
+        assert sum(math.exp(t) for t in tops) <= 1 + 1e-6
+        assert len(tops) > 1 or entry["logprob"] == 0.0  # one allowed token: certain
+    for entry in content[:6]:  # before the closing steer of the budget's end (engine)
+        assert entry["top_logprobs"][0]["logprob"] == entry["logprob"]  # greedy
 
 
 def test_sampling_never_breaks_and_seeds_repeat(served: dict[str, Any]) -> None:
