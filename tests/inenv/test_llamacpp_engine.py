@@ -110,7 +110,9 @@ out["reuse"] = [run(p, max_tokens=12)["text"] for p in
                 ("Hello! How", "Hello! How can I", "Hello! How", "Hello! How can I")]
 out["budgets"] = {n: run("Once upon a time", max_tokens=n) for n in range(1, 8)}
 out["stop_base"] = run("Once upon a time", max_tokens=24)
-out["stopped"] = run("Once upon a time", max_tokens=24, stops=case["stops"])
+base = out["stop_base"]["text"]  # a stop string from the middle of the greedy text
+out["stop"] = base[len(base) // 2:len(base) // 2 + 2]
+out["stopped"] = run("Once upon a time", max_tokens=24, stops=(out["stop"],))
 out["seeded"] = [run("Once upon a time", max_tokens=12, temperature=1.0, seed=s)["text"]
                  for s in (7, 7, 8)]
 out["tiny_top_p"] = run("Once upon a time", max_tokens=12, temperature=1.0, top_p=1e-300,
@@ -188,14 +190,10 @@ def sides(llama_env: Any, demo_gguf: Path, demo_model_dir: Path,
           env_python: Path) -> dict[str, Any]:
     case: dict[str, Any] = {
         "model": str(demo_model_dir), "gguf": str(demo_gguf), "system": SYSTEM,
-        "chats": CHATS, "texts": TEXTS, "prompts": PROMPTS, "stops": []}
+        "chats": CHATS, "texts": TEXTS, "prompts": PROMPTS}
     hf = run_script(env_python, TRANSFORMERS_SIDE, case)
-    # A stop string from the middle of the greedy text (found by a first greedy run).
-    probe = run_script(Path(llama_env.python_executable), LLAMA_SIDE, case)
-    text = probe["stop_base"]["text"]
-    case["stops"] = [text[len(text) // 2:len(text) // 2 + 2]]
     llama = run_script(Path(llama_env.python_executable), LLAMA_SIDE, case)
-    return {"hf": hf, "llama": llama, "stop": case["stops"][0]}
+    return {"hf": hf, "llama": llama, "stop": llama["stop"]}
 
 
 @pytest.mark.parametrize("name", sorted(CHATS))
