@@ -110,7 +110,11 @@ class LlamaCppEngine:
         source = self.llm.metadata.get("tokenizer.chat_template")
         self.template = hf_template(source) if source else None
         print("owllm-server: warm-up generation", flush=True)
-        grammar = self.matcher({"type": "json_object"})
+        try:
+            grammar = self.matcher({"type": "json_object"})
+        except Exception as exc:  # plain generation still works; constrained requests 400
+            print(f"owllm-server: constrained decoding unavailable: {exc!r}", flush=True)
+            grammar = None
         warm = SamplingParams(max_tokens=2, seed=0, top_logprobs=1)
         for _ in self.generate(self.encode("Hello", False), warm, grammar):
             pass
