@@ -1,11 +1,13 @@
-"""The llama.cpp backend: llama-cpp-python's OpenAI server behind a thin layer
-(``owllm.inenv.llamacpp_server``: /health, OpenAI ``json_schema`` output, config defaults),
-run with the env's python.
+"""The llama.cpp backend: a GGUF model through llama-cpp-python's ``Llama``, driven token by
+token by OWLLM's llama.cpp engine and served by OWLLM's own OpenAI app
+(``owllm.inenv.llamacpp_server``: the same app, errors, tools and defaults as the transformers
+backend), run with the env's python.
 
 Weights: a ``.gguf`` file is served as is; a Hugging Face folder (the demo model included)
-is converted once by ``owllm.inenv.gguf_convert`` and cached by content hash, then quantized when
-the config says ``quant: q4_k_m`` (or another llama.cpp type).  A killed conversion leaves
-no file that looks finished, and a second server never converts the same model again.
+is converted once by ``owllm.inenv.gguf_convert`` (its chat template embedded, so chats
+render as in transformers) and cached by content hash, then quantized when the config says
+``quant: q4_k_m`` (or another llama.cpp type).  A killed conversion leaves no file that
+looks finished, and a second server never converts the same model again.
 """
 
 from __future__ import annotations
@@ -138,12 +140,12 @@ ENV_PACKAGES: dict[str, Any] = {
 
 
 class LlamaCppBackend:
-    """llama-cpp-python's OpenAI server behind a thin layer; GGUF weights, ``quant:``."""
+    """llama.cpp under OWLLM's OpenAI app; GGUF weights, ``quant:``."""
 
     name = "llamacpp"
-    # llama-cpp-python's grammar converter ignores number bounds (integer ranges up to 1024
-    # values are rewritten as enums by owllm.inenv.llamacpp_grammar; wider ones stay
-    # unenforced).
+    # llama-cpp-python's grammar converter (schema -> GBNF) ignores number bounds (integer
+    # ranges up to 1024 values are rewritten as enums by owllm.inenv.llamacpp_grammar; wider
+    # ones stay unenforced).
     capabilities = Capabilities(unenforced_keywords=(
         "number.minimum", "number.maximum", "number.exclusiveMinimum",
         "number.exclusiveMaximum", "number.multipleOf", "integer.multipleOf"))
@@ -181,6 +183,7 @@ class LlamaCppBackend:
         config_file = write_run_file(ctx.home, f"{model.model_id}.json", {
             "model_id": model.model_id,
             "model_path": str(model_path),
+            "model_type": model.model_type,
             "n_ctx": model.max_model_len or DEFAULT_N_CTX,
             "system_prompt": model.system_prompt,
             "generation": {"max_tokens": model.generation.max_tokens,

@@ -110,6 +110,21 @@ def _json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def chat_template(model_dir: Path, tok_config: dict[str, Any]) -> str | None:
+    """The model's chat template: ``chat_template.jinja`` (transformers >= 4.43 saves it
+    there), else ``tokenizer_config.json``'s ``chat_template`` (a string, or the named list
+    whose ``default`` entry llama.cpp uses).  Embedded as ``tokenizer.chat_template`` so that
+    the llama.cpp engine renders chats exactly as transformers does."""
+    file = model_dir / "chat_template.jinja"
+    if file.is_file():
+        return file.read_text(encoding="utf-8")
+    template = tok_config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
+
+
 def convert(model_dir: Path, out: Path, outtype: str = "f16") -> dict[str, Any]:
     """Write ``model_dir`` as a GGUF file at ``out`` (atomically, via a temporary sibling).
 
@@ -174,8 +189,8 @@ def convert(model_dir: Path, out: Path, outtype: str = "f16") -> dict[str, Any]:
         writer.add_unk_token_id(0)
         writer.add_add_bos_token(bool(tok_config.get("add_bos_token", True)))
         writer.add_add_eos_token(bool(tok_config.get("add_eos_token", False)))
-        template = tok_config.get("chat_template")
-        if isinstance(template, str):
+        template = chat_template(model_dir, tok_config)
+        if template is not None:
             writer.add_chat_template(template)
 
         for name, data in tensors.items():

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,6 +118,59 @@ def tool_functions(tools: Any) -> list[dict[str, Any]]:
     return out
 
 
+TOOLS_PROMPT = ("You can call these tools. To call one, answer with only a JSON object "
+                '{"tool": name, "args": {...}, "id": "call_1"} (several calls: a JSON array '
+                "of such objects).\nTools: ")
+
+
+def chat_messages(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                  system_prompt: str = "") -> list[dict[str, Any]]:
+    """OpenAI messages made ready for a chat template (copies; the input is not changed):
+    content parts joined into text, an assistant's ``tool_calls`` also written as the JSON
+    envelope a model answers with (its content, for templates that ignore ``tool_calls``),
+    the tools described in a system message, the configured system prompt first when the
+    request has none of its own.  A text part without a string ``text`` is a 400."""
+    out = []
+    for index, message in enumerate(messages):
+        m = dict(message)
+        if m.get("role") == "developer":  # OpenAI's newer name for the system role
+            m["role"] = "system"
+        if isinstance(m.get("content"), list):  # OpenAI content parts: keep the text
+            if any(not isinstance(part, dict) or (part.get("type", "text") == "text" and
+                   not isinstance(part.get("text"), str)) for part in m["content"]):
+                raise ApiError(400, f"messages[{index}].content: a text part needs a "
+                                    "string 'text'", "messages")
+            m["content"] = content_text(m["content"])
+        calls = m.get("tool_calls")
+        if m.get("role") == "assistant" and isinstance(calls, list) and calls \
+                and not m.get("content"):
+            m["content"] = json.dumps(_envelopes(calls, index))
+        out.append(m)
+    if tools:
+        out.insert(0, {"role": "system",
+                       "content": TOOLS_PROMPT + json.dumps(tool_functions(tools))})
+    if system_prompt and not any(m.get("role") == "system" for m in out[bool(tools):]):
+        out.insert(0, {"role": "system", "content": system_prompt})
+    return out
+
+
+def _envelopes(calls: list[Any], index: int) -> Any:
+    """An assistant message's OpenAI ``tool_calls`` as our call envelope(s)."""
+    out = []
+    for number, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise ApiError(400, f"messages[{index}].tool_calls[{number}] must be {{\"id\", "
+                                "\"type\": \"function\", \"function\": {\"name\", "
+                                "\"arguments\"}}", "messages")
+        try:
+            args = json.loads(fn.get("arguments") or "{}")
+        except (TypeError, ValueError):
+            args = fn.get("arguments")
+        out.append({"tool": fn["name"], "args": args, "id": str(call.get("id") or "")})
+    return out[0] if len(out) == 1 else out
+
+
 def tool_choice_name(choice: Any) -> str | None:
     """The function a ``tool_choice`` names (None for "auto" / "none" / "required" /
     omitted); a wrong shape (``{"function": "f"}``) is a 400."""
@@ -134,8 +185,10 @@ def tool_choice_name(choice: Any) -> str | None:
     return str(fn["name"])
 
 
-def tool_call_schema(tools: list[dict[str, Any]], choice: Any) -> dict[str, Any] | None:
-    """tool_choice "required" or a named function → the JSON schema of one call envelope."""
+def tool_call_schema(tools: list[dict[str, Any]], choice: Any,
+                     parallel: bool = False) -> dict[str, Any] | None:
+    """tool_choice "required" or a named function → the JSON schema of one call envelope
+    (``parallel``: or of a non-empty array of them, OpenAI's ``parallel_tool_calls``)."""
     wanted = tool_choice_name(choice)  # validates the shape first
     if choice != "required" and wanted is None:
         return None  # "auto" / "none" / omitted: the model decides freely
@@ -150,7 +203,8 @@ def tool_call_schema(tools: list[dict[str, Any]], choice: Any) -> dict[str, Any]
                             "id": {"type": "string", "pattern": "^call_[0-9]{1,3}$"}}})
     if not options:
         raise ApiError(400, f"tool_choice names no tool in tools: {wanted!r}", "tool_choice")
-    return options[0] if len(options) == 1 else {"anyOf": options}
+    one = options[0] if len(options) == 1 else {"anyOf": options}
+    return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}]} if parallel else one
 
 
 def first_stop(text: str, stops: list[str], seen: int = 0) -> int | None:
@@ -163,6 +217,11 @@ def first_stop(text: str, stops: list[str], seen: int = 0) -> int | None:
 
 
 _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def byte_piece(piece: str) -> int | None:
+    """The byte of a byte-fallback vocabulary entry (``<0x0A>`` → 10), else None."""
+    return int(piece[3:5], 16) if _BYTE_PIECE.fullmatch(piece) else None
 
 
 def byte_tokens(vocab: dict[str, int]) -> frozenset[int]:
@@ -225,14 +284,18 @@ def safe_prefix(text: str, stops: list[str]) -> str:
     return text[:len(text) - hold]
 
 
-def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
-    """An output that is a tool call (our envelope or OpenAI's name/arguments) → tool_calls."""
+def parse_tool_calls(text: str, parallel: bool = True) -> list[dict[str, Any]] | None:
+    """An output that is a tool call (our envelope or OpenAI's name/arguments), or an array of
+    them → OpenAI ``tool_calls`` (ids made unique); None for anything else, and for several
+    calls when ``parallel`` is False (then the output stays text)."""
     try:
         data = json.loads(text)
     except ValueError:
         return None
     items = data if isinstance(data, list) else [data]
-    calls = []
+    if not parallel and len(items) != 1:
+        return None
+    calls: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             return None
@@ -240,66 +303,9 @@ def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
         args = item.get("args", item.get("arguments", {}))
         if not isinstance(name, str):
             return None
-        calls.append({"id": str(item.get("id") or f"call_{index}"), "type": "function",
-                      "function": {"name": name, "arguments": json.dumps(args)}})
+        cid = str(item.get("id") or f"call_{index}")
+        if any(c["id"] == cid for c in calls):
+            cid = f"{cid}_{index}"
+        calls.append({"id": cid, "type": "function", "function": {
+            "name": name, "arguments": args if isinstance(args, str) else json.dumps(args)}})
     return calls or None
-
-
-# -- one reply ------------------------------------------------------------------------------
-
-@dataclass
-class Reply:
-    """The OpenAI envelope of one completion: its id, object kind, and the chunks or body."""
-
-    chat: bool
-    model_id: str
-    prompt_tokens: int
-    rid: str = ""
-    created: int = 0
-
-    def __post_init__(self) -> None:
-        self.created = int(time.time())
-        self.rid = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
-
-    @property
-    def kind(self) -> str:
-        return "chat.completion" if self.chat else "text_completion"
-
-    def usage(self, n: int) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": n,
-                "total_tokens": self.prompt_tokens + n}
-
-    def chunk(self, delta: str, finish: str | None, first: bool = False,
-              calls: list[dict[str, Any]] | None = None) -> str:
-        """One server-sent event of a stream."""
-        if self.chat:
-            d: dict[str, Any] = {"role": "assistant"} if first else {}
-            if delta:
-                d["content"] = delta
-            if calls:
-                d["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
-            choice: dict[str, Any] = {"index": 0, "delta": d, "finish_reason": finish}
-        else:
-            choice = {"index": 0, "text": delta, "finish_reason": finish}
-        body = {"id": self.rid, "object": f"{self.kind}.chunk" if self.chat else self.kind,
-                "created": self.created, "model": self.model_id, "choices": [choice]}
-        return f"data: {json.dumps(body)}\n\n"
-
-    def usage_chunk(self, n: int) -> str:
-        return "data: " + json.dumps({"id": self.rid, "object": f"{self.kind}.chunk",
-                                      "created": self.created, "model": self.model_id,
-                                      "choices": [], "usage": self.usage(n)}) + "\n\n"
-
-    def body(self, text: str, count: int, finish: str, tools: bool) -> dict[str, Any]:
-        """The whole (non-streamed) response."""
-        if self.chat:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            calls = parse_tool_calls(text) if tools else None
-            if calls:
-                message = {"role": "assistant", "content": None, "tool_calls": calls}
-                finish = "tool_calls"
-            choice = {"index": 0, "message": message, "finish_reason": finish}
-        else:
-            choice = {"index": 0, "text": text, "finish_reason": finish}
-        return {"id": self.rid, "object": self.kind, "created": self.created,
-                "model": self.model_id, "choices": [choice], "usage": self.usage(count)}

@@ -1,12 +1,15 @@
 """The transformers engine of OWLLM's server: model loading, generation, constrained decoding
-and stop handling.  No HTTP here (that is ``transformers_app``): an engine turns a prompt into
-text deltas.
+and stop handling.  No HTTP here (that is ``openai_app``): it implements the ``engine.Engine``
+protocol, turning a prompt into per-token ``engine.Step`` records.
 
 In-env module (``owllm.inenv``): torch, transformers, llguidance (peft / bitsandbytes when
 the model needs them) come from the model's env; it never imports the host-side ``owllm``.
 
 * Generation is greedy at temperature 0, else sampled (top_p, a seed).  Stop strings cut the
   output; text that may still become a stop string (or half a UTF-8 character) is held back.
+  Text is the tokens' bytes decoded with errors="replace" (one U+FFFD per invalid sequence,
+  not the byte-fallback decoder's one per byte); logprobs are the model's, with a
+  constraint's mask applied (a token the grammar forces has logprob 0), before temperature.
 * ``response_format`` json_object / json_schema is enforced by llguidance with non-flexible
   whitespace, so a random model cannot wander in blanks.  The last third of a constrained
   budget (at most half) steers to the shortest legal end: EOS when the value is complete,
@@ -20,7 +23,6 @@ the model needs them) come from the model's env; it never imports the host-side 
 from __future__ import annotations
 
 import functools
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -29,18 +31,18 @@ from typing import Any
 
 import torch
 
+from .engine import SamplingParams, Step, TokenLogprob, TopToken
 from .openai_helpers import (
     ApiError,
     TailDecoder,
-    byte_tokens,
+    byte_piece,
+    chat_messages,
     closer_tokens,
-    content_text,
     first_stop,
     format_schema,
     inside_string,
     prompt_char_limit,
     safe_prefix,
-    tool_functions,
 )
 
 
@@ -53,7 +55,8 @@ class Engine:
     closers: tuple[list[int], list[int]] = ([], [])  # (inside a string, outside one)
     device: str = "cpu"
     longest_token: int = 1  # characters of the longest vocabulary entry (prompt_char_limit)
-    byte_tokens: frozenset[int] = frozenset()  # byte-fallback tokens (TailDecoder.hold)
+    token_bytes: list[bytes] = field(default_factory=list)  # per token id (_token_table)
+    strip_first: bool = False  # the decoder drops the space that begins a text
     ready: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -95,7 +98,6 @@ class Engine:
         # Raw vocabulary strings are at least as long as the text they decode to (byte
         # tokens such as <0x0A> or byte-level BPE's one char per byte only overcount).
         self.longest_token = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
-        self.byte_tokens = byte_tokens(self.tokenizer.get_vocab())
         kwargs: dict[str, Any] = {"dtype": dtype}
         if cfg.get("use_4bit"):
             from transformers import BitsAndBytesConfig
@@ -112,15 +114,24 @@ class Engine:
             print(f"owllm-server: loading LoRA adapter {cfg['adapter_dir']}", flush=True)
             model = PeftModel.from_pretrained(model, cfg["adapter_dir"])
         self.model = model.eval()
+        try:  # before _token_table: its bytes come from llguidance's tokenizer
+            import llguidance.hf
+
+            self.ll_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer)
+            self.closers = closer_tokens(self.ll_tokenizer)
+        except Exception as exc:  # plain generation still works; constrained requests 500
+            print(f"owllm-server: llguidance cannot load the tokenizer: {exc!r}", flush=True)
+        self._token_table()
         print("owllm-server: warm-up forward pass and generation", flush=True)
-        # Run the real generation path once, constrained (KV cache, sampling, llguidance's
-        # tokenizer tables), so that the first request is as fast as the next ones.
+        # Run the real generation path once, constrained (KV cache, sampling, logprobs),
+        # so that the first request is as fast as the next ones.
         try:
             matcher = self.matcher({"type": "json_object"})
         except Exception as exc:  # plain generation still works; constrained requests 500
             print(f"owllm-server: constrained decoding unavailable: {exc!r}", flush=True)
             matcher = None
-        for _ in self.generate(self.tokenizer("Hello").input_ids, 2, 0.0, 1.0, 0, [], matcher):
+        for _ in self.generate(self.tokenizer("Hello").input_ids,
+                               SamplingParams(max_tokens=2, seed=0, top_logprobs=1), matcher):
             pass
         self.ready = True
         print("owllm-server: ready", flush=True)
@@ -131,23 +142,7 @@ class Engine:
                     tools: list[dict[str, Any]] | None) -> str:
         """The prompt of a chat: OpenAI messages (plain dicts), the tools described in a
         system message, the configured system prompt, the model's chat template."""
-        messages = [dict(m) for m in messages]
-        for index, m in enumerate(messages):
-            if isinstance(m.get("content"), list):  # OpenAI content parts: keep the text
-                if any(part.get("type", "text") == "text" and not isinstance(
-                        part.get("text"), str) for part in m["content"]):
-                    raise ApiError(400, f"messages[{index}].content: a text part needs a "
-                                        "string 'text'", "messages")
-                m["content"] = content_text(m["content"])
-        if tools:
-            described = json.dumps(tool_functions(tools))
-            messages.insert(0, {"role": "system", "content":
-                                "You can call these tools. To call one, answer with only a "
-                                'JSON object {"tool": name, "args": {...}, "id": "call_1"}.\n'
-                                f"Tools: {described}"})
-        system = self.config.get("system_prompt") or ""
-        if system and not any(m["role"] == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": system})
+        messages = chat_messages(messages, tools, self.config.get("system_prompt") or "")
         if self.config.get("model_type", "instruct") == "base" or \
                 not getattr(self.tokenizer, "chat_template", None):
             return "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in messages) + \
@@ -201,23 +196,78 @@ class Engine:
 
     # -- generation --------------------------------------------------------------------------
 
-    def generate(self, prompt_ids: list[int], max_tokens: int, temperature: float,
-                 top_p: float, seed: int | None, stops: list[str],
-                 matcher: Any) -> Iterator[tuple[str, int, str | None]]:
-        """Yield (text delta, tokens so far, finish reason or None)."""
+    def _token_table(self) -> None:
+        """Each token's exact bytes, for text (``_decode``) and logprobs: special tokens are
+        empty (they are skipped in text, as ``skip_special_tokens`` does)."""
+        tok = self.tokenizer
+        special = set(tok.all_special_ids)
+        size = max(len(tok), getattr(self.model.config, "vocab_size", 0) or 0)
+        table = []
+        pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+        for token in range(size):
+            piece = pieces[token] if token < len(pieces) else None
+            if token in special or piece is None:
+                table.append(b"")
+            elif (byte := byte_piece(piece)) is not None:  # <0xFF>: not in llguidance
+                table.append(bytes([byte]))
+            elif self.ll_tokenizer is not None:
+                table.append(bytes(self.ll_tokenizer.decode_bytes([token])))
+            else:
+                table.append(tok.convert_tokens_to_string([piece]).encode("utf-8"))
+        self.token_bytes = table
+        # SentencePiece decoders drop the space that begins a text ("▁Hi" alone is "Hi"):
+        # keep that rule, the bytes of "▁Hi" start with b" ".
+        spaced = next((t for t, b in enumerate(table) if len(b) > 1 and b[:1] == b" "
+                       and not b[1:2].isspace()), None)
+        self.strip_first = spaced is not None and not tok.decode([spaced]).startswith(" ")
+
+    def _decode(self, ids: list[int]) -> str:
+        """Text of tokens: their bytes decoded with errors="replace" (see ``engine``)."""
+        table = self.token_bytes
+        text = b"".join(table[i] if 0 <= i < len(table) else b"" for i in ids).decode(
+            "utf-8", "replace")
+        return text[1:] if self.strip_first and text.startswith(" ") else text
+
+    def _logprob(self, logits: torch.Tensor, token: int, k: int) -> TokenLogprob:
+        """The chosen token's logprob and the ``k`` most likely tokens' (those a constraint
+        forbids are left out: -inf is no JSON number; a chosen one, should the closing steer
+        pick it, is -9999.0 as OpenAI writes it)."""
+        logprobs = torch.log_softmax(logits.double(), dim=-1)
+
+        def entry(t: int) -> tuple[str, bytes, float]:
+            data = self.token_bytes[t] if 0 <= t < len(self.token_bytes) else b""
+            value = float(logprobs[t])
+            return data.decode("utf-8", "replace"), data, value if value > -9999 else -9999.0
+
+        top: tuple[TopToken, ...] = ()
+        if k > 0:
+            values, order = torch.topk(logprobs, min(k, logprobs.shape[0]))
+            top = tuple(TopToken(*entry(int(t))) for v, t in zip(values.tolist(),
+                                                                 order.tolist(), strict=True)
+                        if v > float("-inf"))
+        return TokenLogprob(*entry(token), top=top)
+
+    def generate(self, prompt_ids: list[int], sampling: SamplingParams,
+                 matcher: Any) -> Iterator[Step]:
+        """One record per generated token, the last with the finish reason (see ``engine``).
+
+        Over 60 lines on purpose: one loop holds the KV cache, the constraint, the
+        incremental decoder and the stop search, whose order matters at every token.
+        """
         import llguidance.torch as llt
 
+        max_tokens, stops, k = sampling.max_tokens, list(sampling.stops), sampling.top_logprobs
         eos = self.tokenizer.eos_token_id
         generator = torch.Generator(device="cpu")
         # any integer is a valid OpenAI seed; torch takes 64 bits
+        seed = sampling.seed
         generator.manual_seed(seed % 2**63 if seed is not None else int(time.time_ns() % 2**63))
         bitmask = llt.allocate_token_bitmask(1, self.ll_tokenizer.vocab_size) \
             if matcher is not None else None
         ids = torch.tensor([prompt_ids], device=self.device)
         past = None
         emitted = ""
-        decoder = TailDecoder(functools.partial(self.tokenizer.decode, skip_special_tokens=True),
-                              self.byte_tokens)
+        decoder = TailDecoder(self._decode)
         # The last tokens of a constrained budget go to closing the JSON (see _closing_token).
         reserve = min(max_tokens // 2, max(8, max_tokens // 3))
         with torch.inference_mode():
@@ -227,37 +277,38 @@ class Engine:
                 logits = result.logits[0, -1, :].float().cpu()
                 if matcher is not None:
                     if matcher.is_stopped():
-                        yield "", step, "stop"
+                        yield Step("", step, "stop")
                         return
                     logits = self._masked(logits, matcher, bitmask)
                 token = None
                 if matcher is not None and max_tokens - step <= reserve:
                     token = self._closing_token(bitmask, decoder.full_text(), eos)
                 if token is None:
-                    token = self._sample(logits, temperature, top_p, generator)
+                    token = self._sample(logits, sampling.temperature, sampling.top_p,
+                                         generator)
                 if matcher is not None:
                     matcher.consume_token(token)
                 if token == eos:
-                    yield "", step, "stop"
+                    yield Step("", step, "stop")
                     return
+                logprob = self._logprob(logits, token, k) if k is not None else None
                 seen = len(decoder.text)  # settled text, searched for stops already
                 decoder.add(token)
                 text = decoder.full_text()  # as a full decode: a partial char as U+FFFD
                 cut = first_stop(text, stops, seen)
                 if cut is not None:
-                    yield text[len(emitted):cut], len(decoder.ids), "stop"
+                    yield Step(text[len(emitted):cut], len(decoder.ids), "stop", logprob)
                     return
-                # emit settled text only (a byte token's group may still change what follows),
-                # less its end where that may still begin a stop string
-                safe = safe_prefix(decoder.text, stops)
-                if len(safe) > len(emitted):
-                    yield safe[len(emitted):], len(decoder.ids), None
-                    emitted = safe
                 if matcher is not None and matcher.is_stopped():
-                    yield text[len(emitted):], len(decoder.ids), "stop"
+                    yield Step(text[len(emitted):], len(decoder.ids), "stop", logprob)
                     return
+                # emit settled text only (a partial UTF-8 character may still complete), less
+                # its end where that may still begin a stop string
+                safe = safe_prefix(decoder.text, stops)
+                yield Step(safe[len(emitted):], len(decoder.ids), None, logprob)
+                emitted = max(safe, emitted, key=len)
                 ids = torch.tensor([[token]], device=self.device)
-        yield decoder.full_text()[len(emitted):], len(decoder.ids), "length"
+        yield Step(decoder.full_text()[len(emitted):], len(decoder.ids), "length")
 
     def _masked(self, logits: torch.Tensor, matcher: Any, bitmask: torch.Tensor) -> torch.Tensor:
         """The logits with every token the grammar forbids next at -inf."""
@@ -296,12 +347,21 @@ class Engine:
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float, top_p: float,
                 generator: torch.Generator) -> int:
+        """Greedy at temperature 0, else nucleus sampling that can never produce nan.
+
+        In float64 (a top_p of 1e-300 is 0 in float32, and kept nothing: issue #15); the most
+        likely token is always kept; a distribution that still is not finite (an extreme
+        temperature over extreme logits) falls back to the argmax."""
+        greedy = int(torch.argmax(logits).item())
         if temperature <= 0:
-            return int(torch.argmax(logits).item())
-        probs = torch.softmax(logits / temperature, dim=-1)
+            return greedy
+        probs = torch.softmax(logits.double() / temperature, dim=-1)
         if top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
             keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
-            sorted_probs = sorted_probs * keep
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-        return int(torch.multinomial(probs / probs.sum(), 1, generator=generator).item())
+            keep[0] = True
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs * keep)
+        total = float(probs.sum())
+        if not torch.isfinite(probs).all() or not total > 0:
+            return greedy
+        return int(torch.multinomial(probs / total, 1, generator=generator).item())

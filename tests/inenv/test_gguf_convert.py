@@ -54,7 +54,8 @@ for token in llm.generate(tokens, temp=0.0, top_k=1):
     out.append(token)
     if len(out) == 12:
         break
-print(json.dumps({{"tokens": tokens, "generated": out}}))
+print(json.dumps({{"tokens": tokens, "generated": out,
+                  "template": llm.metadata.get("tokenizer.chat_template")}}))
 """
 
 HF_GREEDY = """
@@ -81,6 +82,19 @@ def test_conversion_is_faithful(llama_env: Any, demo_model_dir: Path, env_python
     assert llama["tokens"] == hf["tokens"]  # same vocabulary, same SentencePiece merges
     # Same weights, Q/K permuted right: the same greedy tokens (transformers stops at EOS).
     assert hf["generated"] and llama["generated"][:len(hf["generated"])] == hf["generated"]
+    # The chat template travels with the weights (transformers saves chat_template.jinja).
+    assert llama["template"] == (demo_model_dir / "chat_template.jinja").read_text()
+
+
+def test_the_chat_template_is_found_where_transformers_saves_it(tmp_path: Path) -> None:
+    from owllm.inenv.gguf_convert import chat_template
+
+    assert chat_template(tmp_path, {}) is None
+    assert chat_template(tmp_path, {"chat_template": "{{ x }}"}) == "{{ x }}"
+    named = [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]
+    assert chat_template(tmp_path, {"chat_template": named}) == "D"
+    (tmp_path / "chat_template.jinja").write_text("J")
+    assert chat_template(tmp_path, {"chat_template": "{{ x }}"}) == "J"
 
 
 def test_quantized_model_is_smaller_and_generates(llama_env: Any, demo_model_dir: Path,

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from owllm.inenv import engine as E
 from owllm.inenv import openai_helpers as H
+from owllm.inenv import openai_shapes as S
 from tests.inenv.conftest import TRANSFORMERS_ENV_PACKAGES
 
 
@@ -46,6 +48,10 @@ def test_tool_call_schema() -> None:
     assert "anyOf" in H.tool_call_schema(tools, "required")
     named = H.tool_call_schema(tools, {"type": "function", "function": {"name": "b"}})
     assert named["properties"]["tool"] == {"const": "b"}
+    parallel = H.tool_call_schema(tools, "required", parallel=True)
+    one, many = parallel["anyOf"]
+    assert one == H.tool_call_schema(tools, "required")
+    assert many == {"type": "array", "items": one, "minItems": 1}
     with pytest.raises(H.ApiError) as caught:
         H.tool_call_schema(tools, {"type": "function", "function": {"name": "zzz"}})
     assert caught.value.status == 400
@@ -74,21 +80,74 @@ def test_env_has_the_server_packages(transformers_python: Path) -> None:
 
 
 def test_reply_shapes_bodies_and_chunks() -> None:
-    chat = H.Reply(chat=True, model_id="m", prompt_tokens=5)
+    chat = S.Reply(chat=True, model_id="m", prompt_tokens=5)
     assert chat.rid.startswith("chatcmpl-") and chat.kind == "chat.completion"
-    body = chat.body('{"tool": "calc", "args": {}, "id": "call_1"}', 3, "stop", tools=True)
-    assert body["choices"][0]["finish_reason"] == "tool_calls"
-    assert body["choices"][0]["message"]["content"] is None
+    calls = H.parse_tool_calls('{"tool": "calc", "args": {}, "id": "call_1"}')
+    choice = chat.choice(0, "ignored", "stop", calls)
+    assert choice["finish_reason"] == "tool_calls" and choice["logprobs"] is None
+    assert choice["message"] == {"role": "assistant", "content": None, "tool_calls": calls}
+    body = chat.body([choice, chat.choice(1, "hi", "length")], 3)
+    assert [c["index"] for c in body["choices"]] == [0, 1]
     assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
-    first = json.loads(chat.chunk("", None, first=True)[len("data: "):])
+    first = json.loads(chat.chunk(0, role=True)[len("data: "):])
     assert first["object"] == "chat.completion.chunk"
     assert first["choices"][0]["delta"] == {"role": "assistant"}
     assert json.loads(chat.usage_chunk(2)[6:])["usage"]["total_tokens"] == 7
-    text = H.Reply(chat=False, model_id="m", prompt_tokens=1)
+    text = S.Reply(chat=False, model_id="m", prompt_tokens=1)
     assert text.rid.startswith("cmpl-")
-    assert text.body("hi", 1, "length", tools=False)["choices"][0] == {
-        "index": 0, "text": "hi", "finish_reason": "length"}
-    assert json.loads(text.chunk("x", None)[6:])["object"] == "text_completion"
+    assert text.body([text.choice(0, "hi", "length")], 1)["choices"][0] == {
+        "index": 0, "text": "hi", "logprobs": None, "finish_reason": "length"}
+    assert json.loads(text.chunk(1, "x")[6:])["object"] == "text_completion"
+
+
+def test_tool_call_deltas_name_once_then_arguments() -> None:
+    calls = H.parse_tool_calls('[{"tool": "a", "args": {"x": 1}, "id": "call_1"}, '
+                               '{"tool": "b", "args": {}, "id": "call_1"}]')
+    assert [c["id"] for c in calls] == ["call_1", "call_1_1"]  # ids made unique
+    assert H.parse_tool_calls('[{"tool": "a"}, {"tool": "b"}]', parallel=False) is None
+    deltas = S.call_deltas(calls)
+    assert deltas[0] == [{"index": 0, "id": "call_1", "type": "function",
+                          "function": {"name": "a", "arguments": ""}}]
+    assert deltas[1] == [{"index": 0, "function": {"arguments": '{"x": 1}'}}]
+    assert [d[0]["index"] for d in deltas] == [0, 0, 1, 1]
+    assert sum("name" in d[0].get("function", {}) for d in deltas) == 2
+
+
+def test_logprob_shapes() -> None:
+    top = (E.TopToken("a", b"a", -0.5), E.TopToken("\ufffd", b"\xe2", -1.5))
+    entries = [E.TokenLogprob("a", b"a", -0.5, top), E.TokenLogprob(" bc", b" bc", -2.0)]
+    chat = S.LogprobShaper(chat=True).shape(entries)
+    assert chat["content"][0] == {"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": [
+        {"token": "a", "logprob": -0.5, "bytes": [97]},
+        {"token": "\ufffd", "logprob": -1.5, "bytes": [226]}]}
+    shaper = S.LogprobShaper(chat=False, offset=3)  # after an echoed 3-character prompt
+    legacy = shaper.shape(entries)
+    assert legacy == {"tokens": ["a", " bc"], "token_logprobs": [-0.5, -2.0],
+                      "top_logprobs": [{"a": -0.5, "\ufffd": -1.5}, {}], "text_offset": [3, 4]}
+    assert shaper.shape(entries[:1])["text_offset"] == [7]  # offsets run on across chunks
+
+
+def test_chat_messages_render_tool_calls_and_roles() -> None:
+    messages = [{"role": "developer", "content": "be brief"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": "calc", "arguments": '{"x": 1}'}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text",
+                                                                         "text": "3"}]}]
+    out = H.chat_messages(messages, None, "configured")
+    assert out[0] == {"role": "system", "content": "be brief"}  # no configured one added
+    assert json.loads(out[1]["content"]) == {"tool": "calc", "args": {"x": 1}, "id": "call_1"}
+    assert out[1]["tool_calls"] == messages[1]["tool_calls"]
+    assert out[2]["content"] == "3"
+    assert messages[2]["content"] != "3"  # the input is left alone
+    tools = [{"type": "function", "function": {"name": "calc"}}]
+    first = H.chat_messages([{"role": "user", "content": "hi"}], tools, "configured")[:2]
+    assert [m["role"] for m in first] == ["system", "system"] and "calc" in first[1]["content"]
+    for bad in ([{"role": "user", "content": ["text"]}],
+                [{"role": "assistant", "tool_calls": [{"function": "f"}]}]):
+        with pytest.raises(H.ApiError) as caught:
+            H.chat_messages(bad, None)
+        assert caught.value.status == 400 and caught.value.param == "messages"
 
 
 # -- incremental decoding and stop strings (issue #18) ---------------------------------------

@@ -247,17 +247,26 @@ def test_open_schema_closes_within_budget(instruct_server: Server, seed: int) ->
 
 
 def test_stream_tool_calls(instruct_server: Server) -> None:
+    """OpenAI's stream shape: per call, a first delta with index, id, type and name (empty
+    arguments), then argument pieces with the index only; finish_reason tool_calls last."""
     body = {"messages": HELLO, "tools": [CALC_TOOL], "tool_choice": "required",
             "max_tokens": 80, "temperature": 0}
     whole = instruct_server.chat(**body)
     events = stream_events(instruct_server, "/v1/chat/completions", body)
     assert events[-1] == "[DONE]"
-    last = events[-2]["choices"][0]
-    assert last["finish_reason"] == "tool_calls"
-    calls = last["delta"]["tool_calls"]
-    assert [c["index"] for c in calls] == [0]
-    assert [{k: v for k, v in c.items() if k != "index"} for c in calls] == \
-        whole["choices"][0]["message"]["tool_calls"]
+    assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    deltas = [d for e in events[:-1] for d in e["choices"][0]["delta"].get("tool_calls", [])]
+    joined: dict[int, dict[str, Any]] = {}
+    for delta in deltas:
+        if delta["index"] not in joined:
+            assert delta["type"] == "function" and delta["function"]["arguments"] == ""
+            joined[delta["index"]] = {"id": delta["id"], "type": "function", "function": {
+                "name": delta["function"]["name"], "arguments": ""}}
+        else:
+            assert set(delta) == {"index", "function"}
+            assert set(delta["function"]) == {"arguments"}  # the name is never repeated
+            joined[delta["index"]]["function"]["arguments"] += delta["function"]["arguments"]
+    assert list(joined.values()) == whole["choices"][0]["message"]["tool_calls"]
     assert not any(e["choices"][0]["delta"].get("content") for e in events[:-1])
 
 
@@ -272,7 +281,11 @@ def test_tools_auto_renders_into_prompt(instruct_server: Server) -> None:
 
 def test_bad_requests(instruct_server: Server) -> None:
     chat = "/v1/chat/completions"
-    assert_error(instruct_server.post(chat, {"messages": HELLO, "n": 2}), 400)
+    for field, value in (("n", 9), ("n", 0), ("max_tokens", 0), ("max_tokens", -1),
+                         ("max_completion_tokens", 0), ("top_logprobs", 21)):
+        error = assert_error(instruct_server.post(chat, {"messages": HELLO, field: value,
+                                                         "logprobs": True}), 400)
+        assert error["param"] == field, error
     error = assert_error(instruct_server.post(chat, {"messages": HELLO, "max_tokens": 100000}),
                          400)
     assert error["param"] == "max_tokens"
@@ -288,16 +301,27 @@ def test_bad_requests(instruct_server: Server) -> None:
                      headers={"content-type": "application/json"}, timeout=10)
     assert "not valid JSON" in assert_error(raw, 400)["message"]
     for messages in ([], "hello"):
-        error = assert_error(instruct_server.post(chat, {"messages": messages}), 422)
+        error = assert_error(instruct_server.post(chat, {"messages": messages}), 400)
         assert error["param"] == "messages"
     error = assert_error(instruct_server.post(chat, {"messages": HELLO, "model": "nope"}), 404)
     assert error["code"] == "model_not_found"
-    assert_error(instruct_server.post(chat, {"prompt": "no messages"}), 422)
+    assert_error(instruct_server.post(chat, {"prompt": "no messages"}), 400)
     error = assert_error(instruct_server.post(chat, {"messages": HELLO, "temperature": "hot"}),
-                         422)
+                         400)
     assert error["param"] == "temperature"
-    assert_error(instruct_server.post("/v1/completions", {"prompt": 3}), 422)
+    assert_error(instruct_server.post("/v1/completions", {"prompt": 3}), 400)
     assert_error(instruct_server.post(chat, {"messages": HELLO, "stop": list("abcde")}), 400)
+    error = assert_error(instruct_server.post(chat, {"messages": HELLO,
+                                                     "tool_choice": "required"}), 400)
+    assert error["param"] == "tool_choice"
+    bad_tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "string", "pattern": "(a|"}}}
+    error = assert_error(instruct_server.post(chat, {"messages": HELLO, "tools": [bad_tool],
+                                                     "tool_choice": "required"}), 400)
+    assert error["param"] == "tools" and "response_format" not in error["message"]
+    error = assert_error(instruct_server.post(chat, {"messages": [{"role": "robot",
+                                                                   "content": "hi"}]}), 400)
+    assert error["param"] == "messages.0.role"
     assert_error(httpx.get(instruct_server.url("/v1/nowhere"), timeout=5), 404)
     assert_error(httpx.get(instruct_server.url(chat), timeout=5), 405)
     # the configured id and an omitted model both work, and the server is still healthy
