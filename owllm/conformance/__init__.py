@@ -34,6 +34,7 @@ from owllm.conformance.parity import (
     first_divergence,
     greedy_parity,
     text_divergence,
+    token_divergence,
 )
 
 CHECKS: tuple[Check, ...] = _basic.CHECKS + _params.CHECKS + _tools.CHECKS + _basic.LAST
@@ -41,7 +42,8 @@ BY_NAME: dict[str, Check] = {check.name: check for check in CHECKS}
 
 __all__ = ["BY_NAME", "CHECKS", "EXTRA_HINT", "FAILED", "PASSED", "UNSUPPORTED", "Check",
            "Outcome", "PromptParity", "Target", "first_divergence", "greedy_parity",
-           "openai_available", "run_all", "run_check", "text_divergence"]
+           "openai_available", "run_all", "run_check", "text_divergence",
+           "token_divergence"]
 
 
 def run_all(target: Target, names: Iterable[str] | None = None) -> list[tuple[Check, Outcome]]:

@@ -3,8 +3,14 @@ thresholds): the same prompts through the completions endpoint at temperature 0 
 the same tokens.  A divergence is reported with its first token position and both texts.
 
 Tokens are the pieces each endpoint reports: ``logprobs.tokens`` where it returns them,
-else its streamed deltas (one per token on the servers OWLLM runs).  Equal texts agree;
-unequal ones are reported at the first character that differs and the token holding it."""
+else its streamed deltas (one per token on the servers OWLLM runs).  Where both endpoints
+report ``logprobs.tokens``, the token lists are compared, with a byte-fallback token that
+is not valid UTF-8 on its own (OWLLM's servers render it ``U+FFFD``, vLLM ``""``, others
+``bytes:\\xNN``) counted as equal to any other such rendering at the same place: the
+tokens agree even where the endpoints render a broken byte differently (vLLM's non-streamed
+text even drops what follows one: see docs/conformance.md).  Otherwise equal texts agree,
+and unequal ones are reported at the first character that differs and the token holding
+it."""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from owllm.conformance._core import Target, ok_json
 
 PROMPTS = ("The capital of France is", "Once upon a time", "1, 2, 3, 4,")
 MAX_TOKENS = 16
+BYTE = "<byte>"  # a byte-fallback token that is not UTF-8 on its own, however rendered
 
 
 def first_divergence(a: Sequence[str], b: Sequence[str]) -> int | None:
@@ -25,6 +32,16 @@ def first_divergence(a: Sequence[str], b: Sequence[str]) -> int | None:
         if x != y:
             return index
     return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _normalized(token: str) -> str:
+    """A token piece with every rendering of a broken UTF-8 byte made one."""
+    return BYTE if not token or "\ufffd" in token or token.startswith("bytes:") else token
+
+
+def token_divergence(a: Sequence[str], b: Sequence[str]) -> int | None:
+    """:func:`first_divergence` of two ``logprobs.tokens`` lists, byte renderings made one."""
+    return first_divergence([_normalized(t) for t in a], [_normalized(t) for t in b])
 
 
 def _token_at(tokens: Sequence[str], offset: int) -> int:
@@ -78,17 +95,17 @@ class PromptParity:
                 f"{name_a} {self.text_a!r} vs {name_b} {self.text_b!r}")
 
 
-def greedy_tokens(target: Target, prompt: str,
-                  max_tokens: int = MAX_TOKENS) -> tuple[str, list[str]]:
-    """The greedy continuation of ``prompt``: its (non-streamed) text, and its token pieces
-    (``logprobs.tokens``, else the streamed deltas)."""
+def greedy_tokens(target: Target, prompt: str, max_tokens: int = MAX_TOKENS
+                  ) -> tuple[str, list[str], bool]:
+    """The greedy continuation of ``prompt``: its (non-streamed) text, its token pieces
+    (``logprobs.tokens``, else the streamed deltas), and whether they are tokens."""
     body = {"model": target.model, "prompt": prompt, "max_tokens": max_tokens,
             "temperature": 0, "logprobs": 1}
     choice = ok_json(target.post("/v1/completions", body))["choices"][0]
     text = str(choice.get("text") or "")
     tokens = (choice.get("logprobs") or {}).get("tokens")
     if tokens:
-        return text, [str(t) for t in tokens]
+        return text, [str(t) for t in tokens], True
     body.pop("logprobs")
     pieces: list[str] = []
     with target.http.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
@@ -97,7 +114,7 @@ def greedy_tokens(target: Target, prompt: str,
                 for c in json.loads(line[6:]).get("choices") or []:
                     if c.get("text"):
                         pieces.append(c["text"])
-    return text, pieces
+    return text, pieces, False
 
 
 def greedy_parity(a: Target, b: Target, prompts: Sequence[str] = PROMPTS,
@@ -105,8 +122,11 @@ def greedy_parity(a: Target, b: Target, prompts: Sequence[str] = PROMPTS,
     """Each prompt's greedy continuation on ``a`` and ``b`` and where they first diverge."""
     out = []
     for prompt in prompts:
-        (xa, ta), (xb, tb) = greedy_tokens(a, prompt, max_tokens), greedy_tokens(
-            b, prompt, max_tokens)
-        token, char = text_divergence(ta, tb, xa, xb) or (None, None)
+        (xa, ta, tokens_a), (xb, tb, tokens_b) = greedy_tokens(a, prompt, max_tokens), \
+            greedy_tokens(b, prompt, max_tokens)
+        if tokens_a and tokens_b and token_divergence(ta, tb) is None:
+            token, char = None, None
+        else:
+            token, char = text_divergence(ta, tb, xa, xb) or (None, None)
         out.append(PromptParity(prompt, tuple(ta), tuple(tb), token, char, xa, xb))
     return out

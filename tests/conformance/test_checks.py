@@ -19,6 +19,7 @@ from owllm.conformance import (
     first_divergence,
     greedy_parity,
     text_divergence,
+    token_divergence,
 )
 from owllm.conformance._core import leaks, names_parameter
 from tests.conformance.stub_openai import FAULTS, StubOpenAI
@@ -143,6 +144,10 @@ def test_first_divergence() -> None:
     assert text_divergence(["ab", "c"], ["a", "b", "c"]) is None
     assert text_divergence(["ab", "cd"], ["a", "b", "c", "x"]) == (3, 3)
     assert text_divergence(["a"], ["a", "b"]) == (1, 1)
+    # a broken byte rendered three ways (OWLLM U+FFFD, vLLM "", bytes:) is one token
+    assert token_divergence(["e", "\ufffd", "8"], ["e", "", "8"]) is None
+    assert token_divergence(["e", "bytes:\\x8f", "8"], ["e", "\ufffd", "8"]) is None
+    assert token_divergence(["e", "\ufffd", "8"], ["e", "x", "8"]) == 1
 
 
 def test_greedy_parity_agrees_on_the_same_model_and_reports_a_divergence() -> None:
