@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 import httpx
 
 from owllm import httpclient
-from owllm.capabilities import probe_record
 from owllm.backends import (
     TOOL_CALL_RULES,
     BackendContext,
@@ -37,6 +36,7 @@ from owllm.backends import (
     LaunchSpec,
     option_problems,
 )
+from owllm.capabilities import probe_record
 from owllm.config import ModelConfig
 from owllm.errors import ServerError, UsageError
 
