@@ -4,7 +4,6 @@ In-env module (``owllm.inenv``), run with a provisioned env's python (torch, tra
 tokenizers, sentencepiece); it never imports the host-side ``owllm``::
 
     python owllm/inenv/__main__.py demo_model --out DIR [--seed 0] [--lora-out DIR2]
-    python owllm/inenv/__main__.py demo_model --kind tiny-tool-caller --out DIR [--seed 0]
 
 It prints one JSON object (what it built) on stdout, the protocol of ``run_in_env``.
 
@@ -205,10 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lora-out", type=Path, default=None)
-    parser.add_argument("--kind", choices=("tiny-llama", "tiny-tool-caller"),
-                        default="tiny-llama",
-                        help="tiny-llama: random weights; tiny-tool-caller: the same "
-                             "architecture trained to emit tool calls (tool_caller_train)")
     parser.add_argument("--head-dim", type=int, choices=(16, 32, 64, 128), default=64,
                         help="attention head size (vLLM's CPU attention rejects 16: tests "
                              "use that to break its engine on purpose)")
@@ -216,10 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     def build() -> dict[str, Any]:
-        if args.kind == "tiny-tool-caller":
-            from . import tool_caller_train
-
-            return tool_caller_train.materialize(args.out.resolve(), args.seed)
         result = materialize(args.out.resolve(), args.seed, args.head_dim)
         if args.lora_out is not None:
             if not _complete(args.lora_out.resolve(), args.seed):

@@ -2,10 +2,14 @@
 tool prompts with strict JSON calls.
 
 In-env module (run with an env that has torch and transformers; never imports the host-side
-``owllm``).  :mod:`.demo_model` calls :func:`materialize` for ``--kind tiny-tool-caller``;
-run directly it trains and evaluates without the cache (for tuning)::
+``owllm``), the builder ``materialize_demo("tiny-tool-caller", ...)`` runs, as it runs
+:mod:`.demo_model` for ``tiny-llama``::
 
-    python owllm/inenv/__main__.py tool_caller_train --out DIR [--steps N] [--eval 100]
+    python owllm/inenv/__main__.py tool_caller_train --out DIR [--seed 0]
+    python owllm/inenv/__main__.py tool_caller_train --out DIR --tune [--steps N] [--eval 100]
+
+The first builds once into DIR (a complete folder is reused); ``--tune`` trains with other
+settings, without the cache, and can evaluate on fresh examples.
 
 * Same architecture as ``demo://tiny-llama`` (Llama, hidden 128, 2 layers, heads of 64,
   SentencePiece vocabulary of 512 with byte fallback), so vLLM and llama.cpp serve it too; the
@@ -33,23 +37,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import tool_caller_data as data
 from ._report import report
+from .tool_caller_data import Example, tokenizer_corpus
+from .tool_caller_data import batch as make_batch
 
 TRAINER_VERSION = 1
-STEPS = 700
+STEPS = 250
 BATCH = 32
-PEAK_LR = 4e-3
+PEAK_LR = 6e-3
 WARMUP = 40
 THREADS = 2
 
 
-def encode(tok: Any, example: data.Example) -> tuple[list[int], list[int]]:
+def encode(tok: Any, example: Example) -> tuple[list[int], list[int]]:
     """(prompt ids exactly as OWLLM's transformers server encodes the chat, answer ids + eos)."""
     text = tok.apply_chat_template([{"role": "user", "content": example.prompt}],
                                    tokenize=False, add_generation_prompt=True)
     prompt = tok(text, add_special_tokens=False).input_ids
-    answer = tok(example.answer, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    answer = [*tok(example.answer, add_special_tokens=False).input_ids, tok.eos_token_id]
     return list(prompt), list(answer)
 
 
@@ -64,7 +69,7 @@ def _shared_head(rows: list[list[int]]) -> int:
     return length
 
 
-def batch_loss(model: Any, tok: Any, examples: list[data.Example]) -> Any:
+def batch_loss(model: Any, tok: Any, examples: list[Example]) -> Any:
     """Mean cross-entropy over the answer tokens of ``examples`` (one shared prompt head)."""
     import torch
     from transformers import DynamicCache
@@ -75,7 +80,7 @@ def batch_loss(model: Any, tok: Any, examples: list[data.Example]) -> Any:
     width = max(len(t) for t in tails)
     ids = torch.full((len(tails), width), tok.eos_token_id, dtype=torch.long)
     labels = torch.full((len(tails), width), -100, dtype=torch.long)
-    for row, ((prompt, answer), tail) in enumerate(zip(encoded, tails)):
+    for row, ((prompt, answer), tail) in enumerate(zip(encoded, tails, strict=True)):
         ids[row, :len(tail)] = torch.tensor(tail)
         start = len(prompt) - head  # the answer's first position in the tail
         labels[row, start - 1:len(tail) - 1] = torch.tensor(answer)
@@ -114,7 +119,7 @@ def train(model: Any, tok: Any, *, steps: int, batch: int, peak_lr: float, seed:
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, peak_lr, warmup)
-        loss = batch_loss(model, tok, data.batch(rng, batch))
+        loss = batch_loss(model, tok, make_batch(rng, batch))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -146,7 +151,7 @@ def generate(model: Any, tok: Any, prompt: str, max_new_tokens: int = 64) -> str
     return str(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 
 
-def correct(text: str, example: data.Example) -> bool:
+def correct(text: str, example: Example) -> bool:
     """The reply is the due call(s) (same JSON), or prose where no call was due."""
     try:
         value = json.loads(text)
@@ -161,7 +166,7 @@ def evaluate(model: Any, tok: Any, count: int, seed: int) -> dict[str, Any]:
     hits = 0
     misses: list[dict[str, str]] = []
     for _ in range(count):
-        example = data.batch(rng, 1)[0]
+        example = make_batch(rng, 1)[0]
         text = generate(model, tok, example.prompt)
         if correct(text, example):
             hits += 1
@@ -177,20 +182,20 @@ def build(out: Path, seed: int, *, steps: int = STEPS, batch: int = BATCH,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import demo_model
+    from .demo_model import build_model, train_tokenizer
 
     torch.set_num_threads(THREADS)
     torch.use_deterministic_algorithms(True)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="owllm-tool-caller-"))
     try:
-        tokenizer_dir = demo_model.train_tokenizer(work, corpus=data.tokenizer_corpus() * 4)
+        tokenizer_dir = train_tokenizer(work, corpus=tokenizer_corpus() * 4)
         for item in tokenizer_dir.iterdir():
             shutil.copy(item, out / item.name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     tok = AutoTokenizer.from_pretrained(out)
-    params = demo_model.build_model(out, len(tok), seed)
+    params = build_model(out, len(tok), seed)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     torch.manual_seed(seed)
     summary = train(model, tok, steps=steps, batch=batch, peak_lr=peak_lr, seed=seed, log=log)
@@ -255,9 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--lr", type=float, default=PEAK_LR)
     parser.add_argument("--eval", type=int, default=0, help="evaluate on N fresh examples")
+    parser.add_argument("--tune", action="store_true",
+                        help="train with --steps/--batch/--lr into --out, bypassing the cache")
     args = parser.parse_args(argv)
 
     def work() -> dict[str, Any]:
+        if not args.tune:
+            return materialize(args.out.resolve(), args.seed)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         out = args.out.resolve()

@@ -83,7 +83,7 @@ class Rate:
 
     def __str__(self) -> str:
         low, high = self.interval
-        return f"{self.rate:.1%} ({self.passed}/{self.total}, 95% CI {low:.1%}–{high:.1%})"
+        return f"{self.rate:.1%} ({self.passed}/{self.total}, 95% CI {low:.1%}-{high:.1%})"
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,17 @@ class ToolCallReport:
             out["sample_results"] = [s.to_dict() for s in self.samples]
         return out
 
+    def junit_properties(self) -> list[tuple[str, str]]:
+        """The figures a gate records on its JUnit test case (``record_property``)."""
+        low, high = self.interval
+        props = [("pass_rate", f"{self.rate:.4f}"), ("pass_rate_ci95_low", f"{low:.4f}"),
+                 ("pass_rate_ci95_high", f"{high:.4f}"), ("samples", str(len(self.samples))),
+                 ("min_pass_rate", f"{self.min_pass_rate:.4f}"),
+                 ("constrained", str(self.constrained).lower())]
+        props += [(f"pass_rate_{c}", f"{r.rate:.4f}") for c, r in self.by_category().items()]
+        props += [(f"failures_{k}", str(v)) for k, v in self.reasons().items()]
+        return props
+
     def table(self) -> str:
         """Measured against threshold, one line per category, then the failure reasons."""
         mode = "constrained" if self.constrained else "unconstrained"
@@ -179,4 +190,4 @@ class ToolCallReport:
 def _row(name: str, rate: Rate) -> str:
     low, high = rate.interval
     return (f"  {name:<12} {rate.rate:>7.1%} {rate.passed:>4}/{rate.total:<4}"
-            f"  {low:.1%}–{high:.1%}")
+            f"  {low:.1%}-{high:.1%}")

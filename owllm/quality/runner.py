@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import httpx
@@ -78,6 +78,26 @@ class ToolCallSettings:
             problems.append("concurrency and max_tokens must be ≥ 1, retries ≥ 0")
         if problems:
             raise UsageError("; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "tool_calls"
+                  ) -> ToolCallSettings:
+        """Settings from a mapping (a YAML ``checks: tool_calls`` block); an unknown key or a
+        value of the wrong type is a UsageError naming ``where`` and the key."""
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise UsageError(f"{where}: unknown key {unknown[0]!r}",
+                             hint=f"known: {', '.join(sorted(known))}")
+        expected = {"cases": (str,), "template": (str,), "constrained": (bool,),
+                    "samples": (int, type(None)), "min_pass_rate": (int, float),
+                    "temperature": (int, float), "timeout": (int, float)}
+        for key, value in values.items():
+            types = expected.get(key, (int,))
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise UsageError(f"{where}.{key}: {value!r} is not "
+                                 f"{' or '.join(t.__name__ for t in types)}")
+        return cls(**dict(values))
 
     def prompt_template(self) -> str:
         if "{prompt}" in self.template:

@@ -73,7 +73,7 @@ def runaway_kind(text: str) -> str | None:
     stripped = text.rstrip()
     if len(text) - len(stripped) >= RUNAWAY_WHITESPACE:
         return "whitespace"
-    if re.search(r"\s{%d,}" % RUNAWAY_WHITESPACE, text[-4 * RUNAWAY_WHITESPACE:]):
+    if re.search(rf"\s{{{RUNAWAY_WHITESPACE},}}", text[-4 * RUNAWAY_WHITESPACE:]):
         return "whitespace"
     for unit in range(1, RUNAWAY_MAX_UNIT + 1):
         span = max(3 * unit, RUNAWAY_MIN_SPAN)
@@ -151,7 +151,7 @@ def same_value(got: Any, want: Any) -> bool:
             same_value(got[k], want[k]) for k in want)
     if isinstance(want, list):
         return isinstance(got, list) and len(got) == len(want) and all(
-            same_value(g, w) for g, w in zip(got, want))
+            same_value(g, w) for g, w in zip(got, want, strict=True))
     return bool(got == want)
 
 

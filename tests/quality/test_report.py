@@ -86,3 +86,11 @@ def test_verdict_and_table() -> None:
     empty = ToolCallReport("u", "m", True, "x", (), min_pass_rate=0.0)
     assert not empty.ok  # no samples never passes a gate
     assert str(Rate(1, 4)).startswith("25.0% (1/4, 95% CI")
+
+
+def test_junit_properties() -> None:
+    props = dict(report(0.9).junit_properties())
+    assert props["pass_rate"] == f"{9 / 14:.4f}" and props["samples"] == "14"
+    assert props["pass_rate_ci95_low"] == f"{wilson_interval(9, 14)[0]:.4f}"
+    assert props["pass_rate_simple"] == f"{8 / 9:.4f}" and props["failures_runaway"] == "1"
+    assert props["constrained"] == "false"

@@ -14,7 +14,7 @@ import pytest
 
 from owllm.errors import UsageError
 from owllm.quality import Endpoint, ToolCallSettings, load_cases, run_cases, run_tool_calls
-from owllm.quality.runner import request_body, reply_text
+from owllm.quality.runner import reply_text, request_body
 
 CASES = load_cases("builtin")
 BY_ID = {c.id: c for c in CASES}
@@ -51,7 +51,7 @@ def fake() -> Iterator[tuple[Endpoint, Script]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             prompt = body["messages"][0]["content"]
             case = next(c for c in CASES if f"\n{c.prompt}\n" in prompt + "\n"
@@ -187,3 +187,17 @@ def test_settings_are_validated() -> None:
     for bad in ({"samples": 0}, {"min_pass_rate": 1.5}, {"concurrency": 0}):
         with pytest.raises(UsageError):
             ToolCallSettings(**bad)  # type: ignore[arg-type]
+
+
+def test_settings_from_a_yaml_block() -> None:
+    settings = ToolCallSettings.from_dict({"cases": "builtin", "min_pass_rate": 0.9,
+                                           "samples": 40, "constrained": False})
+    assert (settings.samples, settings.min_pass_rate, settings.constrained) == (40, 0.9, False)
+    with pytest.raises(UsageError, match=r"checks\.tool_calls: unknown key 'min_passrate'"):
+        ToolCallSettings.from_dict({"min_passrate": 0.9}, "checks.tool_calls")
+    with pytest.raises(UsageError, match=r"tool_calls.samples: '40' is not int"):
+        ToolCallSettings.from_dict({"samples": "40"})
+    with pytest.raises(UsageError, match=r"tool_calls.constrained: 1 is not bool"):
+        ToolCallSettings.from_dict({"constrained": 1})
+    with pytest.raises(UsageError, match=r"tool_calls.samples: True is not int"):
+        ToolCallSettings.from_dict({"samples": True})
