@@ -146,10 +146,12 @@ class Example:
     tools: tuple[str, ...]
     request: str
     calls: tuple[tuple[str, dict[str, Any]], ...]  # empty: no call is due
+    show_tools: bool = True  # False: the prompt lists no tools (a short copying drill)
 
     @property
     def prompt(self) -> str:
-        return render_prompt(self.backend, list(self.tools), self.request)
+        return render_prompt(self.backend, list(self.tools) if self.show_tools else [],
+                             self.request)
 
     @property
     def answer(self) -> str:
@@ -184,12 +186,16 @@ def example(rng: random.Random, backend: str, tools: tuple[str, ...]) -> Example
     return Example(backend, tools, request, ((tool, args),))
 
 
-def batch(rng: random.Random, size: int) -> list[Example]:
+def batch(rng: random.Random, size: int, short: bool = False) -> list[Example]:
     """``size`` examples sharing one prompt head (backend and tool list): the trainer runs
-    that shared head once per batch."""
+    that shared head once per batch.  ``short``: the prompt lists no tools (every tool may be
+    due), a sequence a fifth as long that drills copying the arguments."""
     backend = rng.choice(list(TEMPLATES))
-    tools = offered(rng)
-    return [example(rng, backend, tools) for _ in range(size)]
+    tools = tuple(TOOLS) if short else offered(rng)
+    examples = [example(rng, backend, tools) for _ in range(size)]
+    if short:
+        examples = [Example(e.backend, e.tools, e.request, e.calls, False) for e in examples]
+    return examples
 
 
 def tokenizer_corpus() -> str:

@@ -20,7 +20,9 @@ settings, without the cache, and can evaluate on fresh examples.
   still differ on another CPU; the pass rate does not depend on those last bits).
 * Cheap: each batch shares one prompt head (backend template and tool list), which is run
   once and its key/value cache broadcast to the batch; only the request and answer tokens are
-  run per example, and the loss is on the answer tokens only.
+  run per example, and the loss is on the answer tokens only.  Copying arguments is what a
+  model this small learns last (after the first stage it calls the right tool with
+  memorised arguments), so the second stage drills it on short prompts (:data:`STAGES`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ STEPS = 250
 BATCH = 32
 PEAK_LR = 6e-3
 WARMUP = 40
+#: The recipe: (steps, short_mix) per stage, each with a fresh optimizer and a warm-up, on
+#: data seeded ``seed + stage``.  Stage 0 learns the format and which tool a request wants
+#: (after it the model calls the right tool with memorised arguments); stage 1 mostly drills
+#: copying the arguments on short prompts, one full prompt in four keeping the long context.
+STAGES: tuple[tuple[int, int], ...] = ((STEPS, 0), (400, 4))
 THREADS = 2
 
 
@@ -106,8 +113,9 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 def train(model: Any, tok: Any, *, steps: int, batch: int, peak_lr: float, seed: int,
-          warmup: int = WARMUP, log: Any = None) -> dict[str, Any]:
-    """Train in place; returns the loss curve summary."""
+          warmup: int = WARMUP, short_mix: int = 0, log: Any = None) -> dict[str, Any]:
+    """Train in place; returns the loss curve summary.  ``short_mix`` n > 0: of every n
+    steps, n - 1 train on short prompts (no tool list), the last on a full prompt."""
     import torch
 
     rng = random.Random(seed)
@@ -119,7 +127,8 @@ def train(model: Any, tok: Any, *, steps: int, batch: int, peak_lr: float, seed:
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, peak_lr, warmup)
-        loss = batch_loss(model, tok, make_batch(rng, batch))
+        short = bool(short_mix) and step % short_mix != short_mix - 1
+        loss = batch_loss(model, tok, make_batch(rng, batch, short))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -176,8 +185,8 @@ def evaluate(model: Any, tok: Any, count: int, seed: int) -> dict[str, Any]:
             "misses": misses}
 
 
-def build(out: Path, seed: int, *, steps: int = STEPS, batch: int = BATCH,
-          peak_lr: float = PEAK_LR, log: Any = None) -> dict[str, Any]:
+def build(out: Path, seed: int, *, stages: tuple[tuple[int, int], ...] = STAGES,
+          batch: int = BATCH, peak_lr: float = PEAK_LR, log: Any = None) -> dict[str, Any]:
     """Tokenizer + initial weights (the demo builder's) + training, saved to ``out``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -198,9 +207,34 @@ def build(out: Path, seed: int, *, steps: int = STEPS, batch: int = BATCH,
     params = build_model(out, len(tok), seed)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     torch.manual_seed(seed)
-    summary = train(model, tok, steps=steps, batch=batch, peak_lr=peak_lr, seed=seed, log=log)
+    summaries = [train(model, tok, steps=n, batch=batch, peak_lr=peak_lr, seed=seed + stage,
+                       short_mix=mix, log=log) for stage, (n, mix) in enumerate(stages)]
     model.save_pretrained(out, safe_serialization=True)
-    return {"params": params, **summary}
+    return {"params": params, "steps": sum(n for n, _ in stages),
+            "final_loss": summaries[-1]["final_loss"],
+            "train_seconds": round(sum(s["train_seconds"] for s in summaries), 1),
+            "train_cpu_seconds": round(sum(s["train_cpu_seconds"] for s in summaries), 1)}
+
+
+def resume(out: Path, init: Path, seed: int, *, steps: int, batch: int, peak_lr: float,
+           short_mix: int = 0, log: Any = None) -> dict[str, Any]:
+    """Tuning only: one more cycle from the weights in ``init`` (a fresh optimizer, data
+    seeded ``seed``), which is what cycle ``seed`` of :func:`build` does."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(THREADS)
+    torch.use_deterministic_algorithms(True)
+    out.mkdir(parents=True, exist_ok=True)
+    for item in init.iterdir():
+        if item.is_file() and not item.name.startswith("."):
+            shutil.copy(item, out / item.name)
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    summary = train(model, tok, steps=steps, batch=batch, peak_lr=peak_lr, seed=seed,
+                    short_mix=short_mix, log=log)
+    model.save_pretrained(out, safe_serialization=True)
+    return summary
 
 
 SOURCES = ("tool_caller_train.py", "tool_caller_data.py", "demo_model.py")
@@ -260,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--lr", type=float, default=PEAK_LR)
     parser.add_argument("--eval", type=int, default=0, help="evaluate on N fresh examples")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="with --tune: continue from this model's weights (one cycle)")
+    parser.add_argument("--short-mix", type=int, default=0,
+                        help="n-1 of every n steps on short prompts (0: none)")
     parser.add_argument("--tune", action="store_true",
                         help="train with --steps/--batch/--lr into --out, bypassing the cache")
     args = parser.parse_args(argv)
@@ -270,8 +308,13 @@ def main(argv: list[str] | None = None) -> int:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         out = args.out.resolve()
-        result = build(out, args.seed, steps=args.steps, batch=args.batch, peak_lr=args.lr,
-                       log=sys.stderr)
+        if args.init is not None:
+            result = resume(out, args.init.resolve(), args.seed, steps=args.steps,
+                            batch=args.batch, peak_lr=args.lr, short_mix=args.short_mix,
+                            log=sys.stderr)
+        else:
+            result = build(out, args.seed, stages=((args.steps, args.short_mix),),
+                           batch=args.batch, peak_lr=args.lr, log=sys.stderr)
         if args.eval:
             model = AutoModelForCausalLM.from_pretrained(out)
             result.update(evaluate(model, AutoTokenizer.from_pretrained(out), args.eval,

@@ -81,7 +81,7 @@ def test_built_once_and_cached(tool_caller_dir: Path, env_python: Path) -> None:
     marker = json.loads((tool_caller_dir / ".owllm-demo.json").read_text())
     assert marker["kind"] == "tiny-tool-caller"
     assert marker["content_hash"] == trainer.content_hash()
-    assert marker["steps"] == trainer.STEPS
+    assert marker["steps"] == sum(n for n, _ in trainer.STAGES)
     config = json.loads((tool_caller_dir / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == \
         (128, 2, 512)
@@ -108,3 +108,15 @@ def test_trained_model_passes_most_simple_and_multiple_cases(
     # session's notes: seed 0, 2 torch threads, Intel Xeon host); a random-weight model scores 0.
     assert report.rate >= FLOOR, report.table()
     assert report.reasons().get("request_failed", 0) == 0
+
+
+def test_short_batches_drill_copying_without_the_tool_list() -> None:
+    rng = random.Random(3)
+    for _ in range(20):
+        examples = data.batch(rng, 4, short=True)
+        for example in examples:
+            assert "args schema" not in example.prompt
+            assert example.request in example.prompt
+            assert all(tool in data.TOOLS for tool, _ in example.calls)
+    full = data.batch(random.Random(3), 4)
+    assert all("args schema" in e.prompt for e in full)
