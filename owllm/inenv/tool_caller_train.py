@@ -48,11 +48,13 @@ STEPS = 250
 BATCH = 32
 PEAK_LR = 6e-3
 WARMUP = 40
-#: The recipe: (steps, short_mix) per stage, each with a fresh optimizer and a warm-up, on
-#: data seeded ``seed + stage``.  Stage 0 learns the format and which tool a request wants
-#: (after it the model calls the right tool with memorised arguments); stage 1 mostly drills
-#: copying the arguments on short prompts, one full prompt in four keeping the long context.
-STAGES: tuple[tuple[int, int], ...] = ((STEPS, 0), (400, 4))
+#: The recipe: (steps, short_mix, batch, peak_lr) per stage, each with a fresh optimizer and
+#: a warm-up, on data seeded ``seed + stage``.  Stage 0 learns the format and which tool a
+#: request wants (after it the model calls the right tool with memorised arguments); stage 1
+#: mostly drills copying the arguments on short prompts, one full prompt in four keeping the
+#: long context.
+Stage = tuple[int, int, int, float]
+STAGES: tuple[Stage, ...] = ((STEPS, 0, BATCH, PEAK_LR), (220, 4, 24, 8e-3))
 THREADS = 2
 
 
@@ -185,8 +187,8 @@ def evaluate(model: Any, tok: Any, count: int, seed: int) -> dict[str, Any]:
             "misses": misses}
 
 
-def build(out: Path, seed: int, *, stages: tuple[tuple[int, int], ...] = STAGES,
-          batch: int = BATCH, peak_lr: float = PEAK_LR, log: Any = None) -> dict[str, Any]:
+def build(out: Path, seed: int, *, stages: tuple[Stage, ...] = STAGES,
+          log: Any = None) -> dict[str, Any]:
     """Tokenizer + initial weights (the demo builder's) + training, saved to ``out``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -207,10 +209,10 @@ def build(out: Path, seed: int, *, stages: tuple[tuple[int, int], ...] = STAGES,
     params = build_model(out, len(tok), seed)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     torch.manual_seed(seed)
-    summaries = [train(model, tok, steps=n, batch=batch, peak_lr=peak_lr, seed=seed + stage,
-                       short_mix=mix, log=log) for stage, (n, mix) in enumerate(stages)]
+    summaries = [train(model, tok, steps=n, batch=size, peak_lr=lr, seed=seed + stage,
+                       short_mix=mix, log=log) for stage, (n, mix, size, lr) in enumerate(stages)]
     model.save_pretrained(out, safe_serialization=True)
-    return {"params": params, "steps": sum(n for n, _ in stages),
+    return {"params": params, "steps": sum(stage[0] for stage in stages),
             "final_loss": summaries[-1]["final_loss"],
             "train_seconds": round(sum(s["train_seconds"] for s in summaries), 1),
             "train_cpu_seconds": round(sum(s["train_cpu_seconds"] for s in summaries), 1)}
@@ -313,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                             batch=args.batch, peak_lr=args.lr, short_mix=args.short_mix,
                             log=sys.stderr)
         else:
-            result = build(out, args.seed, stages=((args.steps, args.short_mix),),
-                           batch=args.batch, peak_lr=args.lr, log=sys.stderr)
+            result = build(out, args.seed, log=sys.stderr,
+                           stages=((args.steps, args.short_mix, args.batch, args.lr),))
         if args.eval:
             model = AutoModelForCausalLM.from_pretrained(out)
             result.update(evaluate(model, AutoTokenizer.from_pretrained(out), args.eval,

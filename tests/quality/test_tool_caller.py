@@ -81,7 +81,7 @@ def test_built_once_and_cached(tool_caller_dir: Path, env_python: Path) -> None:
     marker = json.loads((tool_caller_dir / ".owllm-demo.json").read_text())
     assert marker["kind"] == "tiny-tool-caller"
     assert marker["content_hash"] == trainer.content_hash()
-    assert marker["steps"] == sum(n for n, _ in trainer.STAGES)
+    assert marker["steps"] == sum(stage[0] for stage in trainer.STAGES)
     config = json.loads((tool_caller_dir / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == \
         (128, 2, 512)
