@@ -19,4 +19,5 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # The bootstrap a host passes to an env's python (see __main__.py).
 BOOTSTRAP = os.path.join(PACKAGE_DIR, "__main__.py")
 # The modules meant to be run (each has a main() and reads its arguments from sys.argv).
-SCRIPTS = ("demo_model", "gguf_convert", "llamacpp_server", "probe", "transformers_app")
+SCRIPTS = ("demo_model", "gguf_convert", "llamacpp_server", "probe", "tool_caller_train",
+           "transformers_app")
