@@ -50,11 +50,12 @@ PEAK_LR = 6e-3
 WARMUP = 40
 #: The recipe: (steps, short_mix, batch, peak_lr) per stage, each with a fresh optimizer and
 #: a warm-up, on data seeded ``seed + stage``.  Stage 0 learns the format and which tool a
-#: request wants (after it the model calls the right tool with memorised arguments); stage 1
-#: mostly drills copying the arguments on short prompts, one full prompt in four keeping the
-#: long context.
+#: request wants (after it the model calls the right tool with memorised arguments); stages
+#: 1 and 2 mostly drill copying the arguments on short prompts, one full prompt in four
+#: keeping the long context.  Measured (session report): the right tool on 25/25 built-in
+#: simple/multiple cases, the exact arguments on 1/25 -- copying is not learned yet.
 Stage = tuple[int, int, int, float]
-STAGES: tuple[Stage, ...] = ((STEPS, 0, BATCH, PEAK_LR), (220, 4, 24, 8e-3))
+STAGES: tuple[Stage, ...] = ((STEPS, 0, BATCH, PEAK_LR), (220, 4, 24, 8e-3), (200, 4, 24, 6e-3))
 THREADS = 2
 
 
