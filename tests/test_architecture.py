@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "owllm.smoke": 5, "owllm._smoke_results": 5,
     "owllm.tools": 5,
     "owllm.conformance": 5,
+    "owllm.quality": 5,
     "owllm.cli": 6,
     "owllm.__main__": 6,
     "owllm": 6,  # the facade (__init__): imports from every layer

@@ -18,22 +18,38 @@ from owllm.errors import UsageError
 from owllm.httpclient import SERVER_KEY_VAR, api_key
 from owllm.paths import PRIVATE_FILE_MODE, Home, make_private, private_dir
 
-DEMO_MODELS = {"tiny-llama": 0}  # name -> seed
+DEMO_MODELS = {"tiny-llama": 0, "tiny-tool-caller": 0}  # name -> seed
+# Training the tool caller takes about 3 minutes on 2 idle cores; a busy machine stretches it.
+DEMO_BUILD_TIMEOUT = {"tiny-tool-caller": 3600.0}
+
+
+def demo_folder(name: str, seed: int) -> str:
+    """The cache folder of a demo model: by seed for the random demo, by the content hash of
+    its trainer for the trained one (a changed recipe builds a new model)."""
+    if name == "tiny-tool-caller":
+        from owllm.inenv.tool_caller_train import content_hash
+
+        return f"{name}-{content_hash()}"
+    return f"{name}-seed{seed}"
 
 
 def materialize_demo(name: str, home: Home, python: Path) -> Path:
     """Build the named demo model once per home (under a lock) with ``python`` (an env with
-    torch and transformers), by the in-env ``demo_model`` module."""
+    torch and transformers), by the in-env ``demo_model`` module (``tool_caller_train`` for
+    the trained ``tiny-tool-caller``)."""
     if name not in DEMO_MODELS:
         raise UsageError(f"unknown demo model {DEMO_SCHEME}{name}",
                          hint=f"known: {', '.join(DEMO_SCHEME + n for n in DEMO_MODELS)}")
     seed = DEMO_MODELS[name]
-    out = home.cache_dir / "models" / f"{name}-seed{seed}"
+    out = home.cache_dir / "models" / demo_folder(name, seed)
+    # The trained demo has its own builder (it reuses the random demo's architecture).
+    module = "demo_model" if name == "tiny-llama" else "tool_caller_train"
     home.locks_dir.mkdir(parents=True, exist_ok=True)
     # The first build trains a tokenizer and writes weights; later runs only check the marker.
     with (progress.step(f"preparing demo model {DEMO_SCHEME}{name} in {out}"),
           FileLock(str(home.locks_dir / f"demo-{name}.lock"))):
-        run_in_env(python, "demo_model", ["--out", str(out), "--seed", str(seed)],
+        run_in_env(python, module, ["--out", str(out), "--seed", str(seed)],
+                   timeout=DEMO_BUILD_TIMEOUT.get(name),
                    what=f"building demo model {DEMO_SCHEME}{name}")
     return out
 

@@ -20,4 +20,5 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 BOOTSTRAP = os.path.join(PACKAGE_DIR, "__main__.py")
 # The modules meant to be run (each has a main() and reads its arguments from sys.argv).
 SCRIPTS = ("demo_model", "gguf_convert", "llamacpp_server", "probe", "ray_serve",
+           "tool_caller_train",
            "transformers_app")

@@ -70,15 +70,16 @@ def _train_sp(spm: Any) -> None:
     )
 
 
-def train_tokenizer(workdir: Path) -> Path:
-    """Train the SentencePiece model; return the folder holding the HF tokenizer files."""
+def train_tokenizer(workdir: Path, corpus: str = CORPUS * 20) -> Path:
+    """Train the SentencePiece model on ``corpus`` (the demo's by default); return the folder
+    holding the HF tokenizer files."""
     import sentencepiece as spm
     from tokenizers import Tokenizer, decoders, models, normalizers, processors
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import SentencePieceExtractor
 
-    corpus = workdir / "corpus.txt"
-    corpus.write_text(CORPUS * 20, encoding="utf-8")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "corpus.txt").write_text(corpus, encoding="utf-8")
     prefix = workdir / "sp"
     # The trainer records its input and output paths inside tokenizer.model: train with
     # relative names from inside workdir so the bytes do not depend on the temp folder.

@@ -72,3 +72,18 @@ print(json.dumps({{"fast": tok.is_fast, "roundtrip": tok.decode(tok(text).input_
     for part in ("S", "U", "A", "T"):
         assert part in info["rendered"]
     assert info["load"] < 1.0
+
+
+# sha256 of demo://tiny-llama (seed 0) as built before the tool caller was added: its
+# weights and tokenizer must stay bit-identical (llama.cpp's GGUF cache, parity checks and
+# every recorded digest key on them).
+TINY_LLAMA_DIGESTS = {
+    "model.safetensors": "645db7b8d7f913b76e1152c7a884c712553486223a6d86fd301ff70c14f82a79",
+    "tokenizer.json": "68f20aea2b062a61069e61891bb33251280e59598e317ea0e6afd72fb6e83139",
+    "tokenizer.model": "87b1881a9a133e409548a2b8598498839d44624ee248cbb146ff8638ebe7ccd7",
+}
+
+
+def test_tiny_llama_bytes_are_pinned(demo_model_dir: Path) -> None:
+    for name, expected in TINY_LLAMA_DIGESTS.items():
+        assert digest(demo_model_dir / name) == expected, name
