@@ -22,10 +22,10 @@ from owllm.tools.builtins import builtin_tools
 from owllm.tools.prompts import render_tools, template_for
 from tests.inenv.conftest import server_config
 
-# Measured rates of the built model on the 25-case subset below, minus a margin (see the
-# session report): the share of replies that call the due tool, and of exact calls.
+# Measured rate of the built model on the 25-case subset below, minus a margin: the share
+# of replies that call the due tool (measured 1.0; the random demo: 0).  Exact calls (the
+# arguments copied too) are 1 in 25 so far: no floor is claimed for them yet.
 TOOL_FLOOR = 0.8
-EXACT_FLOOR = 0.0
 
 
 @pytest.mark.parametrize("backend", sorted(data.TEMPLATES))
@@ -121,7 +121,6 @@ def test_trained_model_calls_tools_on_the_server(tool_caller_dir: Path,
     # Floors from the measurement in the session report (seed 0, 2 torch threads, Intel Xeon
     # host, torch 2.13.0 CPU): the random demo scores 0 on both.
     assert chosen / len(cases) >= TOOL_FLOOR, report.table()
-    assert report.rate >= EXACT_FLOOR, report.table()
 
 
 def test_short_batches_drill_copying_without_the_tool_list() -> None:
