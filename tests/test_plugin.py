@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from owllm.conformance import CHECKS
 from owllm.state_store import StateStore
 from pytest_owllm.collection import builtin_suites_dir
 from tests.procs import gone
@@ -200,7 +201,12 @@ def test_in_the_repo_the_suites_are_collected_once() -> None:
         assert sorted(in_suites) == sorted(suites)  # every model of the config, once
     one = repo_items("tests/test_exports.py", "--owllm-model", "demo")
     assert "model_suites/test_model.py::test_generate[demo]" in one
-    assert sum(i.startswith("model_suites/") for i in one) == 6  # env + 5 tests for demo
+    suites_of_one = [i for i in one if i.startswith("model_suites/")]
+    # env + 5 tests for demo; this repo's ini adds the conformance suite: a check each, and
+    # the parity item (one model: nothing to pair, it says so)
+    conformance = [i for i in suites_of_one if "test_conformance.py" in i]
+    assert len(suites_of_one) - len(conformance) == 6
+    assert len(conformance) == len(CHECKS) + 1
 
 
 def test_unknown_model_is_a_usage_error(project: pytest.Pytester) -> None:

@@ -64,6 +64,9 @@ models:
     # served_model: org/Model-7B     # remote only: the endpoint's name for it (default: the id)
     # headers: {X-Team: qa}          # remote only: extra headers (the key goes in api_key_env)
     # timeout_s: 30                  # remote only: per-request timeout of attach and status
+    # tls_verify: true               # remote only: verify the endpoint's TLS certificate
+    # ca_bundle: certs/ca.pem        # remote only: a private CA's PEM file (to verify with)
+    # ray: {address: local, replicas: 2, num_cpus: 0.5}  # backend: ray (owllm[ray] extra)
 # tools: []                          # your tools: {callable: "pkg.mod:func", parameters: {...}}
 # tool_server: {host: 127.0.0.1, port: 8763, call_timeout_s: 10, api_key_env: null}
 """
