@@ -58,6 +58,7 @@ LAYERS: dict[str, int] = {
     "owllm.inenv.openai_app": 0,
     "owllm.inenv.engine": 0,
     "owllm.inenv.llamacpp_engine": 0,
+    "owllm.inenv.serving": 0,
 }
 
 

@@ -43,6 +43,7 @@ from .openai_helpers import (
     format_schema,
     inside_string,
     prompt_char_limit,
+    render_chat,
     safe_prefix,
 )
 
@@ -182,16 +183,9 @@ class LlamaCppEngine:
         if self.config.get("model_type", "instruct") == "base" or self.template is None:
             return "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in messages) + \
                 "\nassistant:"
-        from jinja2.exceptions import TemplateError
-
-        try:
-            return str(self.template.render(messages=messages, tools=None, documents=None,
-                                            add_generation_prompt=True, **self.special))
-        except TemplateError as exc:
-            print(f"owllm-server: the chat template failed: {exc!r}", flush=True)
-            detail = f": {str(exc)[:200]}" if type(exc) is TemplateError else ""
-            raise ApiError(400, f"the model's chat template cannot render these messages"
-                                f"{detail}", "messages") from exc
+        return render_chat(lambda: self.template.render(
+            messages=messages, tools=None, documents=None, add_generation_prompt=True,
+            **self.special))
 
     def encode(self, prompt: str, chat: bool) -> list[int]:
         """Token ids; special token texts (``<s>``) parse as their tokens, as in transformers.

@@ -24,12 +24,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import signal
 import sys
-import threading
 from typing import Any
-
-from .asgi_guard import Guard
 
 
 def server_args_to_settings(extra: list[str]) -> dict[str, str]:
@@ -100,35 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         settings = json.load(f)
     overrides = llama_overrides(server_args_to_settings(extra))
 
-    import uvicorn
-
     from .llamacpp_engine import LlamaCppEngine  # numpy, llama_cpp: the env's
-    from .openai_app import create_app
+    from .serving import serve
 
     if settings.get("extra_buffers") is False:
         disable_extra_buffers()
     print(f"owllm llamacpp_server: extra buffer types "
           f"{'off' if settings.get('extra_buffers') is False else 'on'}", flush=True)
     engine = LlamaCppEngine(settings)
-    app = Guard(create_app(engine), bind_host=args.host)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
-                                           log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=5))
-    failed: list[str] = []
-
-    def load() -> None:
-        try:
-            engine.load(**overrides)
-        except BaseException as exc:  # a bad GGUF: say so, then exit non-zero
-            failed.append(f"owllm llamacpp_server: cannot load model: "
-                          f"{type(exc).__name__}: {exc}")
-            print(failed[-1], file=sys.stderr, flush=True)
-            server.should_exit = True
-
-    threading.Thread(target=load, name="owllm-load", daemon=True).start()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server.run()
-    return 1 if failed else 0
+    return serve(engine, lambda: engine.load(**overrides), args.host, args.port,
+                 "owllm llamacpp_server", timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

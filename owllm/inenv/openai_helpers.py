@@ -154,6 +154,21 @@ def chat_messages(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | 
     return out
 
 
+def render_chat(render: Callable[[], str]) -> str:
+    """A chat template's rendering, with its failures as 400s: the template's own
+    ``raise_exception(...)`` speaks to the caller ("roles must alternate") and is quoted;
+    anything else is an internal detail, kept to the log."""
+    from jinja2.exceptions import TemplateError  # every env that renders chats has jinja2
+
+    try:
+        return str(render())
+    except TemplateError as exc:
+        print(f"owllm-server: the chat template failed: {exc!r}", flush=True)
+        detail = f": {str(exc)[:200]}" if type(exc) is TemplateError else ""
+        raise ApiError(400, f"the model's chat template cannot render these messages"
+                            f"{detail}", "messages") from exc
+
+
 def _envelopes(calls: list[Any], index: int) -> Any:
     """An assistant message's OpenAI ``tool_calls`` as our call envelope(s)."""
     out = []

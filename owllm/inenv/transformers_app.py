@@ -28,11 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
-
-from .asgi_guard import Guard
 
 
 def _preflight(argv: list[str]) -> None:
@@ -58,9 +54,8 @@ def _preflight(argv: list[str]) -> None:
 if __name__ == "__main__":
     _preflight(sys.argv[1:])
 print("owllm-server: importing torch and transformers", flush=True)
-import uvicorn  # noqa: E402
-
 from .openai_app import create_app  # noqa: E402
+from .serving import serve  # noqa: E402
 from .transformers_engine import Engine  # noqa: E402
 
 __all__ = ["create_app", "main"]  # create_app: the app, re-exported for older importers
@@ -74,28 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with open(args.config_json, encoding="utf-8") as handle:
         engine = Engine(json.load(handle))
-    # Serve first (so /health answers 503 while loading), load in a daemon thread: a SIGTERM
-    # during the load then exits at once through uvicorn's own signal handling.
-    # The guard sits outside FastAPI: a refused request never reaches routing or parsing.
-    app = Guard(create_app(engine), bind_host=args.host)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
-                                           log_level="warning", access_log=False))
-    failed: list[str] = []
-
-    def load() -> None:
-        try:
-            engine.load()
-        except BaseException as exc:  # a bad model or adapter: say so, then exit non-zero
-            failed.append(f"owllm-server: cannot load model: {type(exc).__name__}: {exc}")
-            print(failed[-1], file=sys.stderr, flush=True)
-            server.should_exit = True
-
-    threading.Thread(target=load, name="owllm-load", daemon=True).start()
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler it
-    # found: make that one a clean exit (status 0) instead of death by signal (-15).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server.run()
-    return 1 if failed else 0
+    # Served at once (/health 503 while loading), loaded in a thread: see serving.py.
+    return serve(engine, engine.load, args.host, args.port, "owllm-server")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from .openai_helpers import (
     format_schema,
     inside_string,
     prompt_char_limit,
+    render_chat,
     safe_prefix,
 )
 
@@ -147,18 +148,8 @@ class Engine:
                 not getattr(self.tokenizer, "chat_template", None):
             return "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in messages) + \
                 "\nassistant:"
-        from jinja2.exceptions import TemplateError
-
-        try:
-            return str(self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                          add_generation_prompt=True))
-        except TemplateError as exc:
-            print(f"owllm-server: the chat template failed: {exc!r}", flush=True)
-            # The template's own raise_exception(...) speaks to the caller ("roles must
-            # alternate"); anything else is an internal detail, kept to the log.
-            detail = f": {str(exc)[:200]}" if type(exc) is TemplateError else ""
-            raise ApiError(400, f"the model's chat template cannot render these messages"
-                                f"{detail}", "messages") from exc
+        return render_chat(lambda: self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True))
 
     def encode(self, prompt: str, chat: bool) -> list[int]:
         # A chat template already holds the bos token; a plain prompt gets the tokenizer's.
