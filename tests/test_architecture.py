@@ -59,6 +59,7 @@ LAYERS: dict[str, int] = {
     "owllm.inenv.engine": 0,
     "owllm.inenv.llamacpp_engine": 0,
     "owllm.inenv.serving": 0,
+    "owllm.inenv.tool_stream": 0,
 }
 
 

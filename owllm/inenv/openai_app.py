@@ -11,9 +11,9 @@ model's env; it never imports the host-side ``owllm``, nor torch (an engine does
 * ``POST /v1/chat/completions`` and ``/v1/completions``: temperature (0 = greedy: the argmax,
   nothing else applies), top_p (the most likely token always stays: no nan), ``seed`` (same
   seed, same output; choice i of ``n`` samples with seed + i), ``stop`` (at most 4, never in
-  the text), ``n`` (1..8 sequences, one after the other; ``usage`` sums them), ``stream``
-  with ``stream_options.include_usage``, ``response_format`` json_object / json_schema
-  (enforced by the engine's matcher), ``max_tokens`` / ``max_completion_tokens`` (>= 1).
+  the text), ``n`` (1..8 sequences, one at a time under the engine's lock; ``usage`` sums
+  them), ``stream`` (``stream_options.include_usage``), ``response_format`` json_object /
+  json_schema (the engine's matcher), ``max_tokens`` / ``max_completion_tokens`` (>= 1).
 * Logprobs in OpenAI's shapes, streamed too (each chunk carries the tokens generated since
   the last one): chat ``logprobs: true`` + ``top_logprobs`` 0..20
   (``{"content": [{token, logprob, bytes, top_logprobs}]}``), completions ``logprobs`` 0..5
@@ -30,11 +30,10 @@ model's env; it never imports the host-side ``owllm``, nor torch (an engine does
   engine's grammar); ``parallel_tool_calls`` false allows exactly one call, true (the
   default) a non-empty array of calls too.  ``finish_reason`` is "tool_calls" only for a
   complete call; a call cut by ``max_tokens`` is "length" and the message carries the partial
-  JSON as ``content`` (no ``tool_calls``).  Streamed, a call goes out as OpenAI streams it,
-  once the output is complete: per call a first delta (index, id, type "function", name,
-  arguments "") then its arguments (index and arguments only; the name never repeats).
-  Assistant messages with ``tool_calls`` and ``role: tool`` messages render back into the
-  prompt (``openai_helpers.chat_messages``).
+  JSON as ``content`` (no ``tool_calls``).  Streamed as OpenAI does (a first delta: index,
+  id, type, name, arguments ""; then argument pieces, the name never repeated): a forced
+  call while it is generated (``tool_stream``), an ``auto`` one once complete.  Assistant
+  ``tool_calls`` and ``role: tool`` messages render back (``openai_helpers.chat_messages``).
 * Text: the engine's rule (see ``engine``): invalid UTF-8 is one U+FFFD per invalid
   sequence, held back until the sequence completes or fails.
 * Errors are OpenAI-shaped ``{"error": {message, type, param, code}}``: 400 for validation
@@ -44,10 +43,8 @@ model's env; it never imports the host-side ``owllm``, nor torch (an engine does
   them); an error after a stream started is an in-band ``server_error`` event.
 * The ``model`` field must name the configured model id; an omitted one means that model;
   responses always carry the id.
-* Generation runs one sequence at a time (the engine's lock).
-* ``/health`` and ``/v1/models`` are async handlers on the event loop: generation requests
-  fill the worker threads (one generates, the rest wait for the lock), and a liveness probe
-  queued behind them timed out, so supervisors killed a busy server (issue 13).
+* ``/health`` and ``/v1/models`` are async (on the event loop): a liveness probe queued
+  behind generation requests timed out, and supervisors killed a busy server (issue 13).
 * A prompt with more characters than the context can hold is refused before it is
   tokenized (see ``prompt_char_limit``).
 """
@@ -75,6 +72,7 @@ from .openai_helpers import (
     tool_functions,
 )
 from .openai_shapes import LogprobShaper, Reply, call_deltas
+from .tool_stream import forced_chunks
 
 __all__ = ["ChatRequest", "CompletionRequest", "Completions", "create_app"]
 
@@ -143,6 +141,7 @@ class Job:
     parallel: bool = True  # several calls allowed
     echo: str = ""  # completions: the prompt, when echoed
     include_usage: bool = False
+    forced: bool = False  # tool_choice required / named: the output is a call (tool_stream)
 
 
 # -- the completion logic behind both routes -----------------------------------------------
@@ -275,12 +274,16 @@ class Completions:
                       job: Job) -> Generator[str, None, int]:
         """The chunks of one choice; returns its completion tokens.
 
-        With tools, an output that opens like JSON is held back until it ends: a complete
-        call then goes out as OpenAI streams one (``call_deltas``), anything else as text.
+        A forced call streams as it is generated (``tool_stream``).  Otherwise, with tools,
+        output opening like JSON is held back until it ends: a complete call then goes out as
+        OpenAI streams one (``call_deltas``), anything else as text.
         Logprobs of tokens that settled no text yet ride on the next chunk.
         """
         yield reply.chunk(index, job.echo, role=True)
         shaper = LogprobShaper(job.chat, len(job.echo))
+        if job.forced:  # a call by construction: streamed as it is generated
+            return (yield from forced_chunks(index, gen, reply,
+                                             lambda e: self.logprobs(job, e, shaper)))
         held: list[str] | None = None
         pending: list[TokenLogprob] = []
         sent, count = "", 0
@@ -378,7 +381,7 @@ def create_app(engine: Engine) -> FastAPI:
         if request.top_logprobs is not None and not request.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
         job = Job(True, request.n, (request.top_logprobs or 0) if request.logprobs else None,
-                  tools, parallel)
+                  tools, parallel, forced=forced is not None)
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
         prompt = engine.chat_prompt(messages, request.tools if tools else None)
         return completions.run(request, job, prompt,
