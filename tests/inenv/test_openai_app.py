@@ -308,7 +308,9 @@ def test_lone_surrogates_are_a_400(instruct_server: Server) -> None:
 
 # -- no 5xx for anything the app's own schema admits -------------------------------------------
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+# Floats a JSON body can carry: no nan, no infinity (the client could not send them).
+FLOATS = st.floats(allow_nan=False, allow_infinity=False)
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | FLOATS | st.text(),
                     lambda inner: st.lists(inner, max_size=3) |
                     st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
 
@@ -332,7 +334,8 @@ def from_openapi(schema: Any, components: dict[str, Any], depth: int = 0) -> Any
     if kind == "integer":
         return st.integers(**bounds)
     if kind == "number":
-        return st.floats(**bounds, allow_nan=False, exclude_min="exclusiveMinimum" in schema,
+        return st.floats(**bounds, allow_nan=False, allow_infinity=False,
+                         exclude_min="exclusiveMinimum" in schema,
                          exclude_max="exclusiveMaximum" in schema)
     if kind in ("string", "boolean", "null"):
         return {"string": st.text(max_size=20), "boolean": st.booleans(),
