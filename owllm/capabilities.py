@@ -30,7 +30,7 @@ import httpx
 
 from owllm.httpclient import is_loopback
 
-PROBE_TIMEOUT_S = 10.0  # per request; a server slower than this lacks the capability
+PROBE_TIMEOUT_S = 10.0  # per request; a check not answered in time stays unknown (null)
 # What a server start waits for the probe at most (the manager's hook): the checks run at
 # once, and those a server has not answered by then are recorded unknown (null).
 START_BUDGET_S = 2.0
@@ -268,8 +268,9 @@ def _run(check: Callable[[_Endpoint], str], ep: _Endpoint) -> Probed:
         return Probed(True, check(ep))
     except _Refused as exc:
         return Probed(False, str(exc))
-    except httpx.TimeoutException:
-        return Probed(False, f"no answer within {ep.client.timeout.read}s")
+    except httpx.TimeoutException:  # slow is not absent: a busy or warming server
+        return Probed(None, f"no answer within {ep.client.timeout.read}s (unknown: probed "
+                            "again by the next smoke)")
     except httpx.HTTPError as exc:
         return Probed(False, f"request failed: {type(exc).__name__}")
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
