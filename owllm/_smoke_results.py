@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from owllm.quality.scoring import runaway_kind
+
+if TYPE_CHECKING:
+    from owllm.servers.ladder import Ladder
 
 PASS, FAIL = "PASS", "FAIL"
 
@@ -31,6 +36,39 @@ def error_entry(stage: str, exc: BaseException) -> dict[str, Any]:
     if callable(fields):
         entry.update(fields())
     return entry
+
+
+def ladder_errors(ladder: Ladder) -> list[dict[str, Any]]:
+    """The ``errors`` item of the ladder's failed step (none when every step held)."""
+    failed = ladder.failed
+    if failed is None:
+        return []
+    return [{"stage": "ladder", "type": "ReadinessStepFailed", "step": failed.step,
+             "message": f"readiness step {failed.step} failed: {failed.detail}"}]
+
+
+def runaway_of(text: str, finish_reason: str | None, completion_tokens: int | None,
+               max_tokens: int) -> dict[str, Any] | None:
+    """``{"kind", "completion_tokens", "max_tokens"}`` when ``text`` hit the token limit while
+    padding whitespace or repeating itself (:func:`owllm.quality.scoring.runaway_kind`, the
+    rule the pass rates use), else None.  Without a finish reason, reaching ``max_tokens``
+    counts as hitting the limit."""
+    limited = finish_reason == "length" if finish_reason else \
+        completion_tokens is not None and completion_tokens >= max_tokens
+    kind = runaway_kind(text) if limited else None
+    if kind is None:
+        return None
+    return {"kind": kind, "completion_tokens": completion_tokens, "max_tokens": max_tokens}
+
+
+def runaway_error(stage: str, runaway: dict[str, Any], what: str) -> dict[str, Any]:
+    """The ``errors`` item of a runaway: its own failure type, with the token count."""
+    did = "padded whitespace" if runaway["kind"] == "whitespace" else "repeated itself"
+    count = runaway["completion_tokens"]
+    return {"stage": stage, "type": "runaway", **runaway,
+            "message": f"{what} {did} until max_tokens "
+                       f"({count if count is not None else '?'} of {runaway['max_tokens']} "
+                       "tokens)"}
 
 
 class _Result:
@@ -86,8 +124,8 @@ class EnvTestResult(_Result):
 
 @dataclass
 class ModelSmokeResult(_Result):
-    """``owllm model smoke ID``: the server started (or was reused), answered ``/health`` and
-    generated; with timings, the kernels chosen and, on failure, the log's tail."""
+    """``owllm model smoke ID``: the server started (or was reused), climbed the readiness
+    ladder and generated; with timings, the kernels chosen and, on failure, the log's tail."""
 
     model_id: str
     status: str = FAIL
@@ -107,6 +145,12 @@ class ModelSmokeResult(_Result):
     dtype: str | None = None
     dtype_reason: str | None = None
     kernels: dict[str, Any] = field(default_factory=dict)
+    # The readiness ladder (owllm/servers/ladder.py): process alive → port open → /health →
+    # model listed → one-token completion, each {"step", "ok", "seconds", "detail"?}.
+    ladder: list[dict[str, Any]] = field(default_factory=list)
+    # A generation that padded whitespace or repeated itself until max_tokens:
+    # {"kind", "completion_tokens", "max_tokens"} (and a ``runaway`` errors item), else None.
+    runaway: dict[str, Any] | None = None
     reused_running_server: bool | None = field(default=None, metadata=OPTIONAL)
     sample: str | None = field(default=None, metadata=OPTIONAL)
     log_tail: str | None = field(default=None, metadata=OPTIONAL)
@@ -129,5 +173,9 @@ class ToolsSmokeResult(_Result):
     result: Any = None
     constrained: bool = False
     capabilities: dict[str, Any] = field(default_factory=dict)
+    # The model smoke's ladder plus its last step, tool_round_trip.
+    ladder: list[dict[str, Any]] = field(default_factory=list)
+    # The constrained (or prompted) call ran away until max_tokens: as ModelSmokeResult's.
+    runaway: dict[str, Any] | None = None
     model_output: str | None = field(default=None, metadata=OPTIONAL)
     final_answer: str | None = field(default=None, metadata=OPTIONAL)

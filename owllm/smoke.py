@@ -15,30 +15,40 @@ Checks a server start left unknown (its probe budget ran out) are probed again b
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from owllm import capabilities, httpclient
+from owllm import httpclient
 from owllm._smoke_results import (
     PASS,
     EnvTestResult,
     ModelSmokeResult,
     ToolsSmokeResult,
     error_entry,
+    ladder_errors,
+    runaway_error,
+    runaway_of,
+)
+from owllm._smoke_serving import (
+    Served,
+    complete_capabilities,
+    kernel_report,
+    probed_capabilities,
+    serving,
 )
 from owllm.backends import get_backend
 from owllm.envs import EnvRegistry
 from owllm.errors import EnvError, OwllmError
+from owllm.servers import ladder as ladders
 from owllm.servers.manager import LLMServerManager, probe_health
-from owllm.servers.ports import LIVE_STATUSES
 from owllm.servers.reaper import owned_servers, start_owned_tool_server
 from owllm.servers.supervisor import is_attached_row
+
+__all__ = ["Served", "complete_capabilities", "env_test", "generate_stream", "kernel_report",
+           "model_smoke", "probed_capabilities", "runaway_of", "serving", "tools_smoke"]
 
 SMOKE_PROMPT = "Say hello in one short sentence."
 
@@ -57,73 +67,11 @@ def env_test(registry: EnvRegistry, key: str) -> EnvTestResult:
     return EnvTestResult.from_probe(result)
 
 
-@dataclass(frozen=True)
-class Served:
-    """The server :func:`serving` holds: its row, and whether it was running already."""
-
-    row: dict[str, Any]
-    was_running: bool
-    startup_s: float  # 0.0 for a server that was running already
-
-
-@contextlib.contextmanager
-def serving(manager: LLMServerManager, model_id: str, keep: bool = False) -> Iterator[Served]:
-    """The model's server for the block: reused when healthy, else started; stopped when the
-    block ends unless ``keep`` or it was running before (someone else's: never stopped).
-
-    A failed start raises (:class:`~owllm.errors.ServerError`) before the block runs, with
-    nothing left to stop: the manager kills what it launched.
-    """
-    before = manager.reconcile(model_id)
-    was_running = bool(before and before["status"] in LIVE_STATUSES and before.get("healthy"))
-    started = time.perf_counter()
-    row = manager.start_server(model_id)
-    try:
-        yield Served(row, was_running,
-                     0.0 if was_running else round(time.perf_counter() - started, 3))
-    finally:
-        if not keep and not was_running:
-            manager.stop_server(model_id)
-
-
-def kernel_report(row: dict[str, Any]) -> dict[str, Any]:
-    """``dtype``/``dtype_reason`` and every host-dependent kernel choice of a server row."""
-    kernels = (row.get("extra") or {}).get("kernels") or {}
-    dtype = kernels.get("dtype") or {}
-    return {"dtype": dtype.get("value"), "dtype_reason": dtype.get("reason"),
-            "kernels": kernels}
-
-
-def probed_capabilities(row: dict[str, Any]) -> dict[str, Any]:
-    """Capabilities probed on the server itself (``extra.capabilities``: recorded when a
-    managed server became ready, or when an endpoint was attached), which override what its
-    backend says in general."""
-    found = (row.get("extra") or {}).get("capabilities")
-    return dict(found) if isinstance(found, dict) else {}
-
-
-def complete_capabilities(row: dict[str, Any]) -> dict[str, Any]:
-    """:func:`probed_capabilities`, with the checks the start left unknown probed now (for
-    a server OWLLM runs, also those its row lacks: started by an older OWLLM, or its probe
-    broke)."""
-    found = probed_capabilities(row)
-    missing = capabilities.unknown(found) if is_attached_row(row) else \
-        [name for name in capabilities.CHECKS if found.get(name) is None]
-    if not missing or not row.get("url"):
-        return found
-    try:
-        results = capabilities.probe_capabilities(
-            row["url"], httpclient.served_model(row), headers=httpclient.row_headers(row),
-            checks=missing)
-    except OwllmError:  # the key's variable is gone: the generate step will say so
-        return found
-    return capabilities.merge(found, results)
-
-
 def generate_stream(url: str, model_id: str, model_type: str, max_tokens: int,
                     timeout: float = 120.0,
                     headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """One streamed generation; returns text, token count, first-token and total seconds."""
+    """One streamed generation; returns text, token count, finish reason, first-token and
+    total seconds."""
     if model_type == "instruct":
         path = "/v1/chat/completions"
         body: dict[str, Any] = {"messages": [{"role": "user", "content": SMOKE_PROMPT}]}
@@ -133,6 +81,7 @@ def generate_stream(url: str, model_id: str, model_type: str, max_tokens: int,
                 stream_options={"include_usage": True})
     text, chunks, usage = [], 0, None
     first: float | None = None
+    finish: str | None = None
     start = time.perf_counter()
     with httpclient.stream("POST", url + path, json=body, timeout=timeout,
                            headers=headers) as response:
@@ -148,6 +97,7 @@ def generate_stream(url: str, model_id: str, model_type: str, max_tokens: int,
             chunk = json.loads(data)
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices", []):
+                finish = choice.get("finish_reason") or finish
                 piece = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
                 if piece:
                     first = first if first is not None else time.perf_counter() - start
@@ -155,7 +105,7 @@ def generate_stream(url: str, model_id: str, model_type: str, max_tokens: int,
                     chunks += 1
     total = time.perf_counter() - start
     tokens = (usage or {}).get("completion_tokens") or chunks
-    return {"text": "".join(text), "completion_tokens": tokens,
+    return {"text": "".join(text), "completion_tokens": tokens, "finish_reason": finish,
             "first_token_s": round(first if first is not None else total, 4),
             "total_s": round(total, 4)}
 
@@ -185,13 +135,19 @@ def _model_smoke(manager: LLMServerManager, model_id: str, keep: bool) -> ModelS
             result.startup_s, result.reused_running_server = served.startup_s, served.was_running
             result.dtype, result.dtype_reason = kernels["dtype"], kernels["dtype_reason"]
             result.kernels = kernels["kernels"]
-            _health_and_generate(result, row, model.model_type, model.generation.max_tokens)
+            ladder = ladders.climb(row, chat=model.model_type == "instruct",
+                                   backend=model.backend)
+            result.ladder = ladder.to_list()
+            result.errors.extend(ladder_errors(ladder))
+            _health_and_generate(result, row, model.model_type, model.generation.max_tokens,
+                                 generate=ladder.failed is None)
             # After the timed generation: a check's first request may warm the server up.
             result.capabilities = {**result.capabilities, **complete_capabilities(row)}
     except OwllmError as exc:
         if served is not None:
             raise  # stopping failed: not a smoke result, the manager's own error
         result.errors.append(error_entry("start", exc))
+        result.ladder = _not_climbed(ladders.STEPS)
         return result
     if result.errors:
         result.log_tail = manager.logs(model_id, 20)
@@ -200,9 +156,16 @@ def _model_smoke(manager: LLMServerManager, model_id: str, keep: bool) -> ModelS
     return result
 
 
+def _not_climbed(steps: tuple[str, ...]) -> list[dict[str, Any]]:
+    ladder = ladders.Ladder()
+    ladder.not_run(steps, "the server did not start")
+    return ladder.to_list()
+
+
 def _health_and_generate(result: ModelSmokeResult, row: dict[str, Any], model_type: str,
-                         max_tokens: int) -> None:
-    """The smoke's checks against a running server, each failure an ``errors`` item."""
+                         max_tokens: int, generate: bool = True) -> None:
+    """The smoke's checks against a running server, each failure an ``errors`` item; no
+    generation when the ladder failed (its error says why already)."""
     try:
         # An attached endpoint (backend remote) has no /health: /v1/models is its health.
         attached = is_attached_row(row)
@@ -213,6 +176,8 @@ def _health_and_generate(result: ModelSmokeResult, row: dict[str, Any], model_ty
             result.errors.append({"stage": "health", "type": "HealthCheckFailed",
                                   "message": f"{httpclient.safe_url(row['url'])}{path} did "
                                              "not answer 200"})
+        if not generate:
+            return
         gen = generate_stream(row["url"], httpclient.served_model(row), model_type, max_tokens,
                               headers=httpclient.row_headers(row))
         result.generate_ok = gen["completion_tokens"] > 0
@@ -222,6 +187,10 @@ def _health_and_generate(result: ModelSmokeResult, row: dict[str, Any], model_ty
         result.first_token_s = gen["first_token_s"]
         result.tokens_per_s = round(gen["completion_tokens"] / max(gen["total_s"], 1e-9), 2)
         result.sample = gen["text"][:200]
+        result.runaway = runaway_of(gen["text"], gen["finish_reason"], gen["completion_tokens"],
+                                    max_tokens)
+        if result.runaway is not None:
+            result.errors.append(runaway_error("generate", result.runaway, "the generation"))
     except (OwllmError, httpx.HTTPError, ValueError) as exc:
         result.errors.append(error_entry("generate", exc))
 
@@ -233,6 +202,7 @@ SMOKE_TOOL_PROMPT = "What is 42 * 17? Use the calculator tool."
 # For the smoke, the calculator's argument is narrowed to expressions that always evaluate
 # (no parentheses, no division), so a constrained random-weight model yields a call that the
 # tool executes: the smoke checks the plumbing, not the model's arithmetic.
+TOOL_MAX_TOKENS = 96  # the call's budget: a narrowed calculator call needs about 30
 SMOKE_EXPRESSION = {"type": "string", "pattern": "^[1-9][0-9]{0,3}( [-+*] [1-9][0-9]{0,3}){1,2}$"}
 
 
@@ -283,8 +253,6 @@ def tools_smoke(manager: LLMServerManager, model_id: str, keep: bool = False,
 
 def _tools_smoke(manager: LLMServerManager, model_id: str, keep: bool,
                  tool_server_url: str | None) -> ToolsSmokeResult:
-    from owllm.servers.tool_server import stop_tool_server
-
     model = manager.config.model(model_id)
     capabilities = get_backend(model.backend).capabilities
     result = ToolsSmokeResult(model_id, constrained=capabilities.structured_output,
@@ -293,29 +261,53 @@ def _tools_smoke(manager: LLMServerManager, model_id: str, keep: bool,
     try:
         with serving(manager, model_id, keep) as served:
             result.server_started = True
-            started_tool_server = False
-            try:
-                if tool_server_url is None:
-                    tool_row = start_owned_tool_server(manager.owner, manager.home,
-                                                       config=manager.config, port=0)
-                    started_tool_server = not tool_row.get("reused", False)
-                    tool_server_url = tool_row["url"]
-                _round_trip(result, manager, served.row, model.backend, tool_server_url)
-            except (OwllmError, httpx.HTTPError, ValueError, KeyError) as exc:
-                result.errors.append(error_entry("round_trip", exc))
-            finally:
-                if started_tool_server and not keep:
-                    stop_tool_server(manager.home)
+            row = served.row
+            ladder = ladders.climb(row, chat=True, backend=model.backend)
+            ladder.step(ladders.TOOL_ROUND_TRIP, lambda: _round_trip_step(
+                result, manager, row, model.backend, tool_server_url, keep))
+            result.ladder = ladder.to_list()
+            if ladder.failed is not None and ladder.failed.step != ladders.TOOL_ROUND_TRIP:
+                result.errors.extend(ladder_errors(ladder))  # the trip's own errors say why
     except OwllmError as exc:
         if served is not None:
             raise  # stopping failed: not a smoke result, the manager's own error
         result.errors.append(error_entry("start", exc))
+        result.ladder = _not_climbed((*ladders.STEPS, ladders.TOOL_ROUND_TRIP))
         return result
     ok = all((result.server_started, result.tool_server_ok, result.tool_call_detected,
               result.tool_executed, result.final_answer_ok))
     if ok and not result.errors:
         result.status = PASS
     return result
+
+
+def _round_trip_step(result: ToolsSmokeResult, manager: LLMServerManager, row: dict[str, Any],
+                     backend: str, tool_server_url: str | None,
+                     keep: bool) -> ladders.Outcome:
+    """The ladder's last step: the tool server (started unless given) and the round trip."""
+    from owllm.servers.tool_server import stop_tool_server
+
+    before = len(result.errors)
+    started_tool_server = False
+    try:
+        if tool_server_url is None:
+            tool_row = start_owned_tool_server(manager.owner, manager.home,
+                                               config=manager.config, port=0)
+            started_tool_server = not tool_row.get("reused", False)
+            tool_server_url = tool_row["url"]
+        _round_trip(result, manager, row, backend, tool_server_url)
+    except (OwllmError, httpx.HTTPError, ValueError, KeyError) as exc:
+        result.errors.append(error_entry("round_trip", exc))
+    finally:
+        if started_tool_server and not keep:
+            stop_tool_server(manager.home)
+    new = result.errors[before:]
+    if new:
+        return False, f"{new[0]['type']}: {new[0]['message']}"
+    if not all((result.tool_server_ok, result.tool_call_detected, result.tool_executed,
+                result.final_answer_ok)):
+        return False, "the round trip did not complete"
+    return True, None
 
 
 def _round_trip(result: ToolsSmokeResult, manager: LLMServerManager, row: dict[str, Any],
@@ -339,14 +331,23 @@ def _round_trip(result: ToolsSmokeResult, manager: LLMServerManager, row: dict[s
         result.constrained = bool(probed["structured_output"])
         result.capabilities = {**result.capabilities, **probed}
     served = httpclient.served_model(row)
-    body: dict[str, Any] = {"model": served, "messages": messages, "max_tokens": 96,
-                            "temperature": 0}
+    body: dict[str, Any] = {"model": served, "messages": messages,
+                            "max_tokens": TOOL_MAX_TOKENS, "temperature": 0}
     if result.constrained:
         body["response_format"] = {"type": "json_schema", "json_schema": {
             "name": "tool_call", "schema": tool_call_response_schema(narrowed),
             "strict": True}}
-    text = _call_from_message(_chat(row, body)["choices"][0]["message"])
+    data = _chat(row, body)
+    choice = data["choices"][0]
+    text = _call_from_message(choice["message"])
     result.model_output = text[:1000]
+    result.runaway = runaway_of(text, choice.get("finish_reason"),
+                                (data.get("usage") or {}).get("completion_tokens"),
+                                TOOL_MAX_TOKENS)
+    if result.runaway is not None:  # before parsing: a loop, not a malformed call
+        what = "the constrained call" if result.constrained else "the call"
+        result.errors.append(runaway_error("parse", result.runaway, what))
+        return
     try:
         call = parse_tool_call(text, tools=specs)
     except ToolCallError as exc:

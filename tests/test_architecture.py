@@ -46,6 +46,8 @@ LAYERS: dict[str, int] = {
     "owllm.servers": 4,
     "owllm.backends.": 4,  # implementations
     "owllm.smoke": 5, "owllm._smoke_results": 5,
+    "owllm._smoke_serving": 5,  # the server a smoke holds (split from smoke)
+    "owllm.servers.ladder": 4,  # the readiness ladder: process → port → health → model → token
     "owllm.tools": 5,
     "owllm.conformance": 5,
     "owllm.quality": 5,

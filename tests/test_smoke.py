@@ -21,10 +21,10 @@ __all__ = ["manager", "stub_backend"]  # fixtures, used below
 
 MODEL_KEYS = ["model_id", "status", "backend", "server_started", "health_ok", "generate_ok",
               "errors", "env_key", "port", "startup_s", "first_token_s", "tokens_per_s",
-              "capabilities", "dtype", "dtype_reason", "kernels"]
+              "capabilities", "dtype", "dtype_reason", "kernels", "ladder", "runaway"]
 TOOLS_KEYS = ["model_id", "status", "server_started", "tool_server_ok", "tool_call_detected",
               "tool_executed", "final_answer_ok", "errors", "call", "result", "constrained",
-              "capabilities"]
+              "capabilities", "ladder", "runaway"]
 
 
 def test_serving_stops_only_what_it_started(manager: LLMServerManager) -> None:
