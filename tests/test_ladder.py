@@ -209,3 +209,21 @@ def test_an_attached_endpoint_says_it_has_no_process(tmp_path: Path, tmp_home: P
     assert "no local process: backend remote" in result["ladder"][0]["detail"]
     assert "/v1/models" in result["ladder"][2]["detail"]
     assert_rungs(result["ladder"], STEPS)
+
+
+def test_the_climb_names_what_an_endpoint_got_wrong() -> None:
+    """The ladder alone, on a row: an endpoint that lists no model, then one whose
+    completions route is missing (the conformance stub's faults)."""
+    with StubOpenAI() as endpoint:
+        row = {"url": endpoint.url, "model_id": "m",
+               "extra": {"managed": False, "served_model": "stub-model"}}
+        endpoint.faults = {"models_missing"}
+        ladder = ladders.climb(row, chat=False)
+        assert ladder.failed is not None and ladder.failed.step == "model_listed"
+        assert ladder.failed.detail == "/v1/models lists [], not 'stub-model'"
+        endpoint.faults = {"completions_404"}
+        ladder = ladders.climb(row, chat=False)
+        assert ladder.failed is not None and ladder.failed.step == "one_token"
+        assert (ladder.failed.detail or "").startswith("/v1/completions answered 404")
+        endpoint.faults = set()
+        assert ladders.climb(row, chat=False).failed is None

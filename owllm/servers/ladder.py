@@ -162,7 +162,8 @@ def _model_listed(row: Mapping[str, Any], url: str, timeout: float) -> Outcome:
                               timeout=timeout)
     if response.status_code != 200:
         return False, f"/v1/models answered {response.status_code}"
-    data = response.json().get("data")
+    listing = response.json()
+    data = listing.get("data") if isinstance(listing, dict) else None
     ids = [str(m.get("id")) for m in data if isinstance(m, dict)] \
         if isinstance(data, list) else []
     if served in ids:
@@ -182,10 +183,11 @@ def _one_token(row: Mapping[str, Any], url: str, chat: bool, timeout: float) -> 
                                timeout=timeout)
     if response.status_code != 200:
         return False, f"{path} answered {response.status_code}: {response.text[:300]}"
-    choices = response.json().get("choices")
+    answer = response.json()
+    choices = answer.get("choices") if isinstance(answer, dict) else None
     first = choices[0] if isinstance(choices, list) and choices else None
     if not isinstance(first, dict) or not ("text" in first or "message" in first):
         return False, f"{path} answered 200 without a choice"
-    usage = response.json().get("usage") or {}
+    usage = answer.get("usage") or {}
     tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
     return True, f"{path}: {tokens if tokens is not None else 'a'} token(s)"

@@ -32,6 +32,11 @@ def test_model_and_tools_smoke_of_the_demo_model(tmp_path: Path) -> None:
         "generate_ok": True, "errors": []}
     assert result["startup_s"] > 0 and result["tokens_per_s"] > 0
     assert 0 < result["first_token_s"] < 30
+    # The readiness ladder, climbed in order on the real server, each step timed.
+    assert [(r["step"], r["ok"]) for r in result["ladder"]] == [
+        (s, True) for s in ("process_alive", "port_open", "health", "model_listed", "one_token")]
+    assert all(0 <= r["seconds"] < 30 for r in result["ladder"])
+    assert result["runaway"] is None
 
     tools = run("tools", "smoke", "demo", "--home", home, "--json")
     assert tools.returncode == 0, tools.stdout + tools.stderr
@@ -41,6 +46,8 @@ def test_model_and_tools_smoke_of_the_demo_model(tmp_path: Path) -> None:
         "model_id": "demo", "status": "PASS", "server_started": True, "tool_server_ok": True,
         "tool_call_detected": True, "tool_executed": True, "errors": []}
     assert outcome["call"]["tool"] == "calculator"
+    assert [(r["step"], r["ok"]) for r in outcome["ladder"]][-1] == ("tool_round_trip", True)
+    assert outcome["runaway"] is None
     assert isinstance(outcome["result"], (int, float))
 
     status = json.loads(run("server", "status", "--home", home, "--json").stdout)
