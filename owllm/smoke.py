@@ -11,6 +11,12 @@ other checks' booleans — ``tools_required``, ``tools_named``, ``tools_streamin
 ``tool_message``, ``logprobs``, ``n``, ``include_usage`` — and ``reasons``, one line per
 probed check, so a key in ``reasons`` is a probed value and any other one is declared).
 Checks a server start left unknown (its probe budget ran out) are probed again by the smoke.
+
+``ladder`` in both smokes' JSON: the readiness ladder (:mod:`owllm.servers.ladder`: process
+alive → port open → ``/health`` → model listed → one-token completion, and the tools smoke's
+``tool_round_trip``), each step with ``ok`` and ``seconds``; a failed step fails the smoke.
+``runaway``: output that padded whitespace or repeated itself until ``max_tokens``
+(:func:`owllm._smoke_results.runaway_of`), its own failure with the token count.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ a real tool server, and an attached endpoint (the conformance suite's in-thread 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from owllm._smoke_results import runaway_of
+from owllm.cli import main
 from owllm.servers import ladder as ladders
 from owllm.servers.manager import LLMServerManager
 from owllm.smoke import model_smoke, tools_smoke
@@ -227,3 +229,23 @@ def test_the_climb_names_what_an_endpoint_got_wrong() -> None:
         assert (ladder.failed.detail or "").startswith("/v1/completions answered 404")
         endpoint.faults = set()
         assert ladders.climb(row, chat=False).failed is None
+
+
+def test_smoke_all_names_the_step_that_failed(manager: LLMServerManager, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "two" / "configs" / "llm_backends.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text('models:\n  good: {base_model: stub, server_args: ["--model", "good"]}\n'
+                      '  lying: {base_model: stub, server_args: ["--mode", "lying", '
+                      '"--model", "lying"]}\n')
+    two = make_manager(config)
+    monkeypatch.setattr("owllm.cli.model.manager_for", lambda ctx: two)
+    try:
+        code = main(["model", "smoke", "--all", "--config", str(config), "--json"])
+    finally:
+        two.stop_all()
+    out, err = capsys.readouterr()
+    assert code == 1 and json.loads(out)["failed"] == ["lying"]
+    assert "owllm: smoke good: PASS\n" in err
+    assert "owllm: smoke lying: FAIL (readiness step one_token failed)" in err

@@ -48,7 +48,10 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         for model_id in ctx.config.models:
             info(f"owllm: smoke {model_id} ...")
             results.append(model_smoke(manager, model_id, keep=args.keep))
-            info(f"owllm: smoke {model_id}: {results[-1].status}")
+            failed_step = next((r["step"] for r in results[-1].ladder if r["ok"] is False),
+                               None)
+            info(f"owllm: smoke {model_id}: {results[-1].status}"
+                 + (f" (readiness step {failed_step} failed)" if failed_step else ""))
     failed = [r.model_id for r in results if not r.passed]
     emit(ctx, {"status": "FAIL" if failed else "PASS", "failed": failed,
                "results": [r.to_dict() for r in results]})
