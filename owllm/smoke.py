@@ -205,10 +205,12 @@ def _health_and_generate(result: ModelSmokeResult, row: dict[str, Any], model_ty
 
 SMOKE_TOOL = "calculator"
 SMOKE_TOOL_PROMPT = "What is 42 * 17? Use the calculator tool."
+# The call's token budget: a narrowed calculator call fits well inside it, so a reply that
+# reaches it is cut off or runaway (reported as such, with this count).
+TOOL_MAX_TOKENS = 96
 # For the smoke, the calculator's argument is narrowed to expressions that always evaluate
 # (no parentheses, no division), so a constrained random-weight model yields a call that the
 # tool executes: the smoke checks the plumbing, not the model's arithmetic.
-TOOL_MAX_TOKENS = 96  # the call's budget: a narrowed calculator call needs about 30
 SMOKE_EXPRESSION = {"type": "string", "pattern": "^[1-9][0-9]{0,3}( [-+*] [1-9][0-9]{0,3}){1,2}$"}
 
 

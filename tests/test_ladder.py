@@ -249,3 +249,21 @@ def test_smoke_all_names_the_step_that_failed(manager: LLMServerManager, tmp_pat
     assert code == 1 and json.loads(out)["failed"] == ["lying"]
     assert "owllm: smoke good: PASS\n" in err
     assert "owllm: smoke lying: FAIL (readiness step one_token failed)" in err
+
+
+def test_behind_a_proxy_the_port_step_says_it_cannot_look(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A remote host reached through $HTTP_PROXY: no direct TCP check is possible, so
+    port_open is null with the reason, and /v1/models (through the proxy) decides."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # discard port: refused
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    row = {"url": "http://models.example.invalid:8000", "model_id": "m",
+           "extra": {"managed": False, "served_model": "m", "timeout_s": 5}}
+    ladder = ladders.climb(row, chat=True, backend="remote", timeout=5).to_list()
+    assert [(r["step"], r["ok"]) for r in ladder] == [
+        ("process_alive", None), ("port_open", None), ("health", None),
+        ("model_listed", False), ("one_token", None)]
+    assert "through the environment's proxy" in ladder[1]["detail"]
+    assert ladder[3]["detail"].startswith(("ProxyError", "ConnectError"))
