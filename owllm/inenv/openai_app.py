@@ -245,7 +245,8 @@ class Completions:
                 calls = parse_tool_calls(text, job.parallel) if job.tools else None
                 choices.append(reply.choice(index, job.echo + text, finish, calls,
                                             self.logprobs(job, entries)))
-        return reply.body(choices, total)
+        # a ready JSONResponse: FastAPI would walk a returned dict through jsonable_encoder
+        return JSONResponse(reply.body(choices, total))
 
     @staticmethod
     def logprobs(job: Job, entries: list[TokenLogprob],
