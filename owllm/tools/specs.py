@@ -123,7 +123,8 @@ class ToolSet:
     validators: Mapping[str, Draft202012Validator] = field(repr=False)
     # name -> a check that answers True only for args its validator accepts (see
     # quick_check); a tool whose schema it cannot judge exactly has none
-    quick: Mapping[str, Callable[[Any], bool]] = field(default_factory=dict, repr=False)
+    quick: Mapping[str, Callable[[Any], bool]] = field(default_factory=dict, repr=False,
+                                                       compare=False)
 
     @property
     def names(self) -> list[str]:
