@@ -66,6 +66,7 @@ class Engine:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # compiled matchers by schema JSON (``matcher``): each request gets a copy of one
     compiled: dict[str, Any] = field(default_factory=dict)
+    compile_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @functools.cached_property
     def _cache_arg(self) -> str:
@@ -179,15 +180,17 @@ class Engine:
             self.ll_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer)
             self.closers = closer_tokens(self.ll_tokenizer)
         key = json.dumps(schema)  # key order matters: it orders the properties
-        compiled = self.compiled.get(key)
-        if compiled is None:
-            compiled = self._compile(schema)
-            if len(self.compiled) >= MAX_COMPILED:  # bounded: drop the oldest
-                self.compiled.pop(next(iter(self.compiled)), None)
-            self.compiled[key] = compiled
         # A matcher holds its parse state: a copy of the compiled one (microseconds, where
-        # compiling the schema again cost milliseconds per request; issue #18).
-        return compiled.deep_copy()
+        # compiling the schema again cost milliseconds per request; issue #18).  Requests
+        # ask from several worker threads: the cache is used under its own lock.
+        with self.compile_lock:
+            compiled = self.compiled.get(key)
+            if compiled is None:
+                compiled = self._compile(schema)
+                if len(self.compiled) >= MAX_COMPILED:  # bounded: drop the oldest
+                    self.compiled.pop(next(iter(self.compiled)))
+                self.compiled[key] = compiled
+            return compiled.deep_copy()
 
     def _compile(self, schema: dict[str, Any]) -> Any:
         """A fresh matcher of ``schema``'s grammar; a 400 when llguidance cannot use it."""
