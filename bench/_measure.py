@@ -47,9 +47,11 @@ path, prompt, n, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.a
 def run(k):
     return llm(prompt, max_tokens=k, temperature=0.0)["usage"]["completion_tokens"]
 """}
+# vLLM takes the --dtype its server got (argv[5]; "auto" when none): left to itself on a
+# float32 model it downcasts to bfloat16, which the server may not run on this CPU.
 LOADERS = {"transformers": "", "vllm": "llm = LLM(model=path, max_model_len=1024, "
-           "enforce_eager=True)", "llamacpp": "llm = Llama(model_path=path, n_ctx=1024, "
-           "verbose=False)"}
+           "enforce_eager=True,\n        dtype=sys.argv[5] if len(sys.argv) > 5 else 'auto')",
+           "llamacpp": "llm = Llama(model_path=path, n_ctx=1024, verbose=False)"}
 TIMED = """
 def main():
     global llm
@@ -69,15 +71,17 @@ if __name__ == "__main__":
 
 
 def engine_rate(name: str, python: Path | str, model_path: str, max_tokens: int, repeats: int,
-                work: Path) -> tuple[float, int]:
-    """Median in-process tokens/s of the bare engine, and the tokens of its last run."""
+                work: Path, dtype: str | None = None) -> tuple[float, int]:
+    """Median in-process tokens/s of the bare engine, and the tokens of its last run
+    (``dtype``: vLLM's ``--dtype``, the one its server runs with)."""
     script = work / f"engine_{name}.py"
     script.write_text(ENGINES[name] + TIMED.format(loader=LOADERS[name], mark=MARK))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
                VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
     done = subprocess.run([str(python), str(script), model_path, PROMPT,
-                           str(max_tokens), str(repeats)], cwd=work, env=env,
+                           str(max_tokens), str(repeats), *([dtype] if dtype else [])],
+                          cwd=work, env=env,
                           capture_output=True, text=True, check=False)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith(MARK)]
     if done.returncode != 0 or not lines:

@@ -39,6 +39,7 @@ from typing import Any
 from _measure import ENGINES, PROMPT, completion_body, engine_rate, server_rate
 
 from owllm.backends import BackendContext, backend_names, get_backend
+from owllm.backends.vllm import dtype_choice
 from owllm.servers.manager import LLMServerManager
 
 MODEL = ('  bench_{name}:\n    base_model: "demo://tiny-llama"\n    backend: {name}\n'
@@ -62,9 +63,23 @@ def measure(manager: LLMServerManager, name: str, args: argparse.Namespace,
     ctx = BackendContext(home=manager.home, env=env, base_dir=manager.config.home_relative_base,
                          registry=manager.registry)
     model_path = str(get_backend(name).model_path(model, ctx))
+    dtype = fallback = None
+    if name == "vllm":  # the engine runs with the dtype the server is given (see _measure)
+        choice = dtype_choice(model, ctx, model.device == "cpu")
+        dtype, fallback = choice.value, choice.fallback
+        say(f"dtype {dtype} ({choice.reason})")
     say("in-process engine")
-    engine, engine_tokens = engine_rate(name, env.python_executable, model_path,
-                                        args.max_tokens, args.repeats, work)
+    try:
+        engine, engine_tokens = engine_rate(name, env.python_executable, model_path,
+                                            args.max_tokens, args.repeats, work, dtype)
+    except RuntimeError as exc:
+        if not fallback:
+            raise
+        # as the server does when its fast kernels die (SIGILL/SIGSEGV): the safe dtype
+        say(f"dtype {dtype} failed in-process ({str(exc).splitlines()[0]}); {fallback}")
+        dtype = fallback
+        engine, engine_tokens = engine_rate(name, env.python_executable, model_path,
+                                            args.max_tokens, args.repeats, work, dtype)
     manager.stop_server(model_id)  # a server left running from an earlier run would not start
     say("starting the server")
     start = time.perf_counter()
@@ -79,7 +94,8 @@ def measure(manager: LLMServerManager, name: str, args: argparse.Namespace,
     return {"start_s": start_s, "ready_s": (row.get("extra") or {}).get("startup_s"),
             "server_tok_s": server, "engine_tok_s": engine, "server_tokens": server_tokens,
             "engine_tokens": engine_tokens, "server_over_engine": server / engine,
-            "env_key": env.key, "model_path": model_path}
+            "env_key": env.key, "model_path": model_path, "engine_dtype": dtype,
+            "server_kernels": (row.get("extra") or {}).get("kernels")}
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:

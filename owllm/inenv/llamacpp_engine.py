@@ -236,16 +236,20 @@ class LlamaCppEngine:
         llm.eval(prompt_ids[keep:])
 
     def _logits(self) -> Any:
+        """The last position's logits: a float32 view of llama.cpp's buffer, valid until the
+        next ``eval`` (no per-token copy: greedy needs only the argmax; sampling, masks and
+        logprobs work on float64 copies of their own)."""
         import llama_cpp
 
         pointer = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
-        return np.ctypeslib.as_array(pointer, shape=(len(self.pieces),)).astype(np.float64)
+        return np.ctypeslib.as_array(pointer, shape=(len(self.pieces),))
 
     def _logprob(self, logits: Any, token: int, k: int) -> TokenLogprob:
         """The chosen token's logprob and the ``k`` most likely tokens' (``engine``: the
         model's logits with a constraint's mask applied; forbidden tokens are left out of
         the top ones, -inf being no JSON number, and a chosen one is -9999.0 as OpenAI
         writes it)."""
+        logits = np.asarray(logits, dtype=np.float64)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             shifted = logits - np.max(logits)
             logprobs = shifted - np.log(np.sum(np.exp(shifted)))

@@ -245,7 +245,7 @@ class Completions:
                 calls = parse_tool_calls(text, job.parallel) if job.tools else None
                 choices.append(reply.choice(index, job.echo + text, finish, calls,
                                             self.logprobs(job, entries)))
-        return reply.body(choices, total)
+        return JSONResponse(reply.body(choices, total))  # a dict: jsonable_encoder's walk
 
     @staticmethod
     def logprobs(job: Job, entries: list[TokenLogprob],

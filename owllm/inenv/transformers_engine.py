@@ -23,6 +23,7 @@ the model needs them) come from the model's env; it never imports the host-side 
 from __future__ import annotations
 
 import functools
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +47,9 @@ from .openai_helpers import (
     safe_prefix,
 )
 
+MAX_COMPILED = 128  # distinct schemas whose compiled matcher is kept
+BIT_SHIFTS = torch.arange(32, dtype=torch.int32)  # a bitmask word's bits, lowest first
+
 
 @dataclass
 class Engine:
@@ -60,6 +64,9 @@ class Engine:
     strip_first: bool = False  # the decoder drops the space that begins a text
     ready: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # compiled matchers by schema JSON (``matcher``): each request gets a copy of one
+    compiled: dict[str, Any] = field(default_factory=dict)
+    compile_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @functools.cached_property
     def _cache_arg(self) -> str:
@@ -161,7 +168,6 @@ class Engine:
     def matcher(self, response_format: dict[str, Any] | None,
                 forced: dict[str, Any] | None = None) -> Any:
         """An llguidance matcher for the response format (or a forced tool-call schema)."""
-        import llguidance
         import llguidance.hf
 
         if forced is not None:
@@ -173,6 +179,23 @@ class Engine:
         if self.ll_tokenizer is None:
             self.ll_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer)
             self.closers = closer_tokens(self.ll_tokenizer)
+        key = json.dumps(schema)  # key order matters: it orders the properties
+        # A matcher holds its parse state: a copy of the compiled one (microseconds, where
+        # compiling the schema again cost milliseconds per request; issue #18).  Requests
+        # ask from several worker threads: the cache is used under its own lock.
+        with self.compile_lock:
+            compiled = self.compiled.get(key)
+            if compiled is None:
+                compiled = self._compile(schema)
+                if len(self.compiled) >= MAX_COMPILED:  # bounded: drop the oldest
+                    self.compiled.pop(next(iter(self.compiled)))
+                self.compiled[key] = compiled
+            return compiled.deep_copy()
+
+    def _compile(self, schema: dict[str, Any]) -> Any:
+        """A fresh matcher of ``schema``'s grammar; a 400 when llguidance cannot use it."""
+        import llguidance
+
         try:
             grammar = llguidance.LLMatcher.grammar_from_json_schema(
                 schema, defaults={"whitespace_flexible": False})
@@ -245,16 +268,15 @@ class Engine:
         Over 60 lines on purpose: one loop holds the KV cache, the constraint, the
         incremental decoder and the stop search, whose order matters at every token.
         """
-        import llguidance.torch as llt
-
         max_tokens, stops, k = sampling.max_tokens, list(sampling.stops), sampling.top_logprobs
         eos = self.tokenizer.eos_token_id
         generator = torch.Generator(device="cpu")
         # any integer is a valid OpenAI seed; torch takes 64 bits
         seed = sampling.seed
         generator.manual_seed(seed % 2**63 if seed is not None else int(time.time_ns() % 2**63))
-        bitmask = llt.allocate_token_bitmask(1, self.ll_tokenizer.vocab_size) \
-            if matcher is not None else None
+        # one bit per token, 32 to an int32 word, as llguidance fills it (all allowed: -1)
+        bitmask = torch.full((1, (self.ll_tokenizer.vocab_size + 31) // 32), -1,
+                             dtype=torch.int32) if matcher is not None else None
         ids = torch.tensor([prompt_ids], device=self.device)
         past = None
         emitted = ""
@@ -302,16 +324,21 @@ class Engine:
         yield Step(decoder.full_text()[len(emitted):], len(decoder.ids), "length")
 
     def _masked(self, logits: torch.Tensor, matcher: Any, bitmask: torch.Tensor) -> torch.Tensor:
-        """The logits with every token the grammar forbids next at -inf."""
-        import llguidance.torch as llt
+        """The logits with every token the grammar forbids next at -inf.
 
-        llt.fill_next_token_bitmask(matcher, bitmask, 0)
-        vocab = self.ll_tokenizer.vocab_size
-        masked = logits[:vocab].unsqueeze(0)
-        llt.apply_token_bitmask_inplace(masked, bitmask)
-        logits = torch.full_like(logits, float("-inf"))
-        logits[:vocab] = masked[0]
-        return logits
+        ``llguidance.torch`` is not used: importing it imports torch's inductor (its
+        ``apply_token_bitmask_inplace`` is a ``torch.compile`` kernel), and that import plus
+        the kernel's first compile in the warm-up were ~9 s, half of the server's start
+        (issue #18).  The matcher writes the mask straight into ``bitmask``; its bits are
+        unpacked here in eager torch (microseconds)."""
+        row = bitmask[0]
+        matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+        vocab = min(self.ll_tokenizer.vocab_size, logits.shape[0])
+        bits = (bitmask[0].unsqueeze(1) >> BIT_SHIFTS) & 1  # token 32*i + j: word i, bit j
+        allowed = bits.reshape(-1)[:vocab].bool()
+        masked = torch.full_like(logits, float("-inf"))
+        masked[:vocab] = logits[:vocab].masked_fill(~allowed, float("-inf"))
+        return masked
 
     def _closing_token(self, bitmask: torch.Tensor, text: str, eos: int) -> int | None:
         """Near the end of the budget, steer a constrained output to its shortest end.
