@@ -43,7 +43,11 @@ def test_quality(owllm_gate: tuple[str, str], request: pytest.FixtureRequest,
                  owllm_server_factory: Callable[[str], dict[str, Any]],
                  record_property: Callable[[str, Any], None]) -> None:
     model_id, item = owllm_gate
+    # First, so that the summary names the gate even when it cannot run (server down).
+    record_property("quality_model", model_id)
+    record_property("quality_gate", item)
     outcome = run_gate(get_run(request.config).config, model_id, item, owllm_server_factory)
     for name, value in outcome.junit_properties():
-        record_property(name, value)
+        if name not in ("quality_model", "quality_gate"):
+            record_property(name, value)
     assert outcome.ok, f"quality gate {item} of {model_id} failed:\n{outcome.table}"

@@ -113,7 +113,10 @@ def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """The conformance suite is opt-in (:func:`conformance_report.wanted`): without it a
-    run's suites, and this repo's own test run, stay as they were."""
+    run's suites, and this repo's own test run, stay as they were.  The quality gates'
+    suite joins when a selected model has ``checks:`` (:func:`quality_report.wanted`)."""
+    if quality_report.is_module(collection_path, collection.suites_dir()):
+        return None if quality_report.wanted(get_run(config)) else True
     if not conformance_report.is_module(collection_path, collection.suites_dir()):
         return None
     return None if conformance_report.wanted(config, get_run(config).settings.conformance) \

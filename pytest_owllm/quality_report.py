@@ -16,10 +16,26 @@ from pathlib import Path
 
 import pytest
 
+from pytest_owllm.run import OwllmRun
+
+MODULE = "test_quality.py"
 MARKER = "owllm_quality"
 PLUGIN = "owllm-quality-summary"
 _PARAM = re.compile(r"\[(?P<param>[^\]]*)\]$")
 HEADER = ("model", "gate", "result", "measured", "threshold")
+
+
+def is_module(path: Path, suites: Path | None) -> bool:
+    return path.name == MODULE and suites is not None and path.parent == suites
+
+
+def wanted(run: OwllmRun) -> bool:
+    """Whether the gates suite joins the run: some selected model has ``checks:`` (a run
+    without gates collects nothing of it, not even a skipped placeholder).  Without a config
+    the suite is collected and says why it cannot run, as every suite does."""
+    if not run.settings.config_path.exists():
+        return True
+    return any(run.config.models[m].checks for m in run.model_ids)
 
 
 @dataclass(frozen=True)
@@ -47,12 +63,15 @@ class Recorder:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = {k: str(v) for k, v in report.user_properties}
         if "quality_gate" in props and report.when == "call":
-            verdict = "pass" if props.get("quality_verdict") == "pass" and report.passed \
-                else "FAIL"
-            self.rows[report.nodeid] = Row(props.get("quality_model", "?"),
-                                           props["quality_gate"], verdict,
-                                           props.get("quality_measured", ""),
-                                           props.get("quality_threshold", ""))
+            if "quality_verdict" not in props:  # the gate raised before its verdict
+                row = Row(props.get("quality_model", "?"), props["quality_gate"], "error",
+                          _reason(report))
+            else:
+                row = Row(props.get("quality_model", "?"), props["quality_gate"],
+                          "pass" if props["quality_verdict"] == "pass" and report.passed
+                          else "FAIL", props.get("quality_measured", ""),
+                          props.get("quality_threshold", ""))
+            self.rows[report.nodeid] = row
             return
         if MARKER not in report.keywords or report.nodeid in self.rows:
             return
