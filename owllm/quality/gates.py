@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from owllm import httpclient
 from owllm.checks import Checks
@@ -65,22 +65,34 @@ def run_gate(config: Config, model_id: str, item: str, server: ServerFn) -> Gate
         return _tool_calls(config, model_id, item, bool(mode), server)
     if gate == "latency":
         assert checks.latency is not None
-        report = measure_latency(server(model_id), checks.latency,
-                                 chat=config.models[model_id].model_type == "instruct",
-                                 model_id=model_id)
-    else:
-        assert checks.parity is not None
-        other = checks.parity.with_model
-        rows = [server(model_id), server(other)]
-        targets = [Target.from_row(dict(row)) for row in rows]
-        quants = [config.models[m].quant if config.models[m].backend == "llamacpp" else None
-                  for m in (model_id, other)]
-        try:
-            report = run_parity(*targets, checks.parity, name=model_id, other_name=other,
-                                quants=quants)
-        finally:
-            for target in targets:
-                target.close()
+        latency = measure_latency(server(model_id), checks.latency,
+                                  chat=config.models[model_id].model_type == "instruct",
+                                  model_id=model_id)
+        return _outcome(model_id, item, gate, latency)
+    assert checks.parity is not None
+    other = checks.parity.with_model
+    a, b = (Target.from_row(dict(server(m))) for m in (model_id, other))
+    quants = [config.models[m].quant if config.models[m].backend == "llamacpp" else None
+              for m in (model_id, other)]
+    try:
+        parity = run_parity(a, b, checks.parity, name=model_id, other_name=other,
+                            quants=quants)
+    finally:
+        a.close()
+        b.close()
+    return _outcome(model_id, item, gate, parity)
+
+
+class _Report(Protocol):
+    @property
+    def ok(self) -> bool: ...
+    def measured(self) -> str: ...
+    def threshold(self) -> str: ...
+    def table(self) -> str: ...
+    def junit_properties(self) -> list[tuple[str, str]]: ...
+
+
+def _outcome(model_id: str, item: str, gate: str, report: _Report) -> GateOutcome:
     return GateOutcome(model_id, item, gate, report.ok, report.measured(), report.threshold(),
                        report.table(), tuple(report.junit_properties()))
 
@@ -108,5 +120,4 @@ def _tool_calls(config: Config, model_id: str, item: str, constrained: bool,
         return GateOutcome(model_id, item, "tool_calls", False, f"not run: {exc.message}",
                            f"pass rate >= {settings.min_pass_rate:.1%}",
                            f"tool calls on {model_id}: not run\n  {exc}")
-    return GateOutcome(model_id, item, "tool_calls", report.ok, report.measured(),
-                       report.threshold(), report.table(), tuple(report.junit_properties()))
+    return _outcome(model_id, item, "tool_calls", report)
