@@ -127,3 +127,10 @@ def test_a_typo_in_checks_is_a_usage_error_with_its_line(project: pytest.Pyteste
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*configs/llm_backends.yaml:7: models.m.checks.tool_calls"
                                  ".min_pass_rat: unknown key 'min_pass_rat' (allowed: *"])
+
+
+def test_marker_and_option_are_registered(project: pytest.Pytester) -> None:
+    markers = project.runpytest_subprocess("--markers")
+    markers.stdout.fnmatch_lines(["@pytest.mark.owllm_quality: an OWLLM quality gate*"])
+    helped = project.runpytest_subprocess("--help")
+    helped.stdout.fnmatch_lines(["*--owllm-report=PATH*", "*owllm_report (string):*"])
