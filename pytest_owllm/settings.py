@@ -29,9 +29,11 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("--owllm-conformance-strict", "owllm_conformance_strict", "bool",
      "a conformance check the endpoint refuses with a 400 naming the parameter fails "
      "instead of skipping as unsupported (to require the full API)"),
+    # No percent sign in a help string: argparse %-formats option help (--help crashed).
     ("--owllm-report", "owllm_report", "string",
-     "write the quality gates' summary (per model: pass rates with 95% intervals, latency, "
-     "parity) to this Markdown file at the end of the run, e.g. for $GITHUB_STEP_SUMMARY"),
+     "write the quality gates' summary (per model: pass rates with their Wilson intervals, "
+     "latency, parity) to this Markdown file at the end of the run, e.g. for "
+     "$GITHUB_STEP_SUMMARY"),
 )
 
 
