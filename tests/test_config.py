@@ -85,7 +85,8 @@ def test_defaults_and_all_fields(tmp_path: Path) -> None:
             base_model: x
             use4bit: true
         """, ["cfg.yaml:4: models.m.use4bit: unknown key 'use4bit' (allowed: adapter_dir, "
-              "api_key_env, backend, base_model, base_url, ca_bundle, device, dtype, env_key, "
+              "api_key_env, backend, base_model, base_url, ca_bundle, checks, device, dtype, "
+              "env_key, "
               "generation, headers, max_model_len, model_type, port, quant, ray, requirements, "
               "served_model, server_args, stall_timeout_s, startup_timeout_s, system_prompt, "
               "timeout_s, tls_verify, use_4bit)"], id="unknown-key"),
@@ -113,8 +114,8 @@ def test_defaults_and_all_fields(tmp_path: Path) -> None:
     pytest.param("""
         modles:
           m: {base_model: x}
-        """, ["cfg.yaml:1: modles: unknown key 'modles' (allowed: models, tool_server, "
-              "tools, version)", "cfg.yaml: <top level>: missing required key 'models'"],
+        """, ["cfg.yaml:1: modles: unknown key 'modles' (allowed: checks, models, "
+              "tool_server, tools, version)", "cfg.yaml: <top level>: missing required key 'models'"],
         id="typo-top-level"),
     pytest.param("""
         models:
