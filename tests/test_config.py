@@ -115,7 +115,8 @@ def test_defaults_and_all_fields(tmp_path: Path) -> None:
         modles:
           m: {base_model: x}
         """, ["cfg.yaml:1: modles: unknown key 'modles' (allowed: checks, models, "
-              "tool_server, tools, version)", "cfg.yaml: <top level>: missing required key 'models'"],
+              "tool_server, tools, version)",
+              "cfg.yaml: <top level>: missing required key 'models'"],
         id="typo-top-level"),
     pytest.param("""
         models:
