@@ -102,7 +102,9 @@ class LatencyReport:
 
 
 def _fmt(value: float | None, unit: str) -> str:
-    return "not measured" if value is None else f"{value:.3g} {unit}"
+    if value is None:
+        return "not measured"
+    return f"{value:.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
 
 
 def stream_timing(root: str, model: str, chat: bool, tokens: int,
