@@ -24,6 +24,7 @@ import jsonschema
 
 from owllm._yaml_lines import Key, display, load_validated, schema_message
 from owllm.backends import backend_names, get_backend
+from owllm.checks import Checks, build_checks, located_problems, merged, with_checks
 from owllm.errors import ConfigError, OwllmError
 from owllm.paths import home_for_config
 
@@ -93,6 +94,8 @@ class ModelConfig:
     # backend: ray (a Ray Serve application, owllm/backends/ray.py); other backends report
     # it as an error naming the field.
     ray: RayOptions | None = None
+    # Quality gates (owllm/checks.py), merged with the top-level default; None: no gates.
+    checks: Checks | None = None
     line: int | None = None
 
     @property
@@ -185,7 +188,7 @@ def config_schema() -> dict[str, Any]:
     text = resources.files("owllm.schemas").joinpath("llm_backends.schema.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     schema["$defs"]["model"]["properties"]["backend"]["enum"] = list(backend_names())
-    return schema
+    return with_checks(schema)
 
 
 def _message(error: jsonschema.ValidationError) -> tuple[Key, str]:
@@ -224,12 +227,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     )
     base = home_for_config(path)
     models = {
-        model_id: _model(model_id, entry or {}, lines.get(("models", model_id)), base)
+        model_id: _model(model_id, entry or {}, lines.get(("models", model_id)), base,
+                         data.get("checks"))
         for model_id, entry in data["models"].items()
     }
     problems = [f"{display(path)}:{_line(lines, m, field) or '?'}: "
                 f"models.{m.model_id}.{field}: {message}"
                 for m in models.values() for field, message in _backend_problems(m)]
+    problems += located_problems(display(path), data,
+                                 {m.model_id: m.checks for m in models.values()}, lines)
     if problems:
         raise ConfigError(display(path), problems,
                           hint="the fields are documented in the README (Configuration)")
@@ -268,8 +274,10 @@ def _backend_problems(model: ModelConfig) -> list[tuple[str, str]]:
 
 
 def _model(model_id: str, entry: Mapping[str, Any], line: int | None,
-           base: Path) -> ModelConfig:
+           base: Path, default_checks: Mapping[str, Any] | None = None) -> ModelConfig:
     values = dict(entry)
+    values["checks"] = build_checks(merged(default_checks, values.get("checks"), model_id),
+                                    base)
     if values.get("ca_bundle"):  # relative to the config's home, like base_model
         values["ca_bundle"] = str(base / Path(values["ca_bundle"]).expanduser())
     values["generation"] = GenerationDefaults(**values.get("generation", {}))

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_owllm import collection, conformance_report, settings
+from pytest_owllm import collection, conformance_report, quality_report, settings
 from pytest_owllm.fixtures import *  # noqa: F403  (the default fixtures)
 from pytest_owllm.run import RUN_INPUT, end_run, get_run, run_owner, start_run
 
@@ -33,6 +33,8 @@ MARKERS = {
     "owllm_tools": "an OWLLM tool-calling check",
     "owllm_conformance": "an OpenAI API conformance check of a model's endpoint (opt-in: "
                          "--owllm-conformance or -m owllm_conformance)",
+    "owllm_quality": "an OWLLM quality gate of a model's checks: (tool-call pass rate, "
+                     "latency, backend parity)",
 }
 
 
@@ -45,6 +47,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {help_text}")
     run = start_run(config)
     config.pluginmanager.register(conformance_report.Recorder(), conformance_report.PLUGIN)
+    if not hasattr(config, "workerinput"):  # the controller, or the only process
+        config.pluginmanager.register(quality_report.Recorder(run.settings.report),
+                                      quality_report.PLUGIN)
     config.args[:] = [collection.suites_arg(config, arg) for arg in config.args]
     if (run.settings.models or run.settings.suites) and not config.option.help:
         # An unknown --owllm-model, or asking for the suites without a config, is a usage
@@ -108,7 +113,10 @@ def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """The conformance suite is opt-in (:func:`conformance_report.wanted`): without it a
-    run's suites, and this repo's own test run, stay as they were."""
+    run's suites, and this repo's own test run, stay as they were.  The quality gates'
+    suite joins when a selected model has ``checks:`` (:func:`quality_report.wanted`)."""
+    if quality_report.is_module(collection_path, collection.suites_dir()):
+        return None if quality_report.wanted(get_run(config)) else True
     if not conformance_report.is_module(collection_path, collection.suites_dir()):
         return None
     return None if conformance_report.wanted(config, get_run(config).settings.conformance) \

@@ -29,6 +29,11 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("--owllm-conformance-strict", "owllm_conformance_strict", "bool",
      "a conformance check the endpoint refuses with a 400 naming the parameter fails "
      "instead of skipping as unsupported (to require the full API)"),
+    # No percent sign in a help string: argparse %-formats option help (--help crashed).
+    ("--owllm-report", "owllm_report", "string",
+     "write the quality gates' summary (per model: pass rates with their Wilson intervals, "
+     "latency, parity) to this Markdown file at the end of the run, e.g. for "
+     "$GITHUB_STEP_SUMMARY"),
 )
 
 
@@ -41,6 +46,7 @@ class OwllmSettings:
     suites: bool = False  # whether the built-in suites join the collection
     conformance: bool = False  # whether the conformance suite joins them
     conformance_strict: bool = False  # unsupported (a 400 naming the parameter) fails
+    report: Path | None = None  # the quality gates' Markdown summary
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -69,6 +75,7 @@ def resolve(config: pytest.Config) -> OwllmSettings:
         config_path = (config.invocation_params.dir / config_path).resolve()
     home = _get(config, "owllm_home")
     models: tuple[str, ...] = tuple(_get(config, "owllm_models") or ())  # type: ignore[arg-type]
+    report = _get(config, "owllm_report")
     return OwllmSettings(
         config_path=config_path,
         models=models,
@@ -77,6 +84,7 @@ def resolve(config: pytest.Config) -> OwllmSettings:
         suites=_wants_suites(config),
         conformance=bool(_get(config, "owllm_conformance")),
         conformance_strict=bool(_get(config, "owllm_conformance_strict")),
+        report=(config.invocation_params.dir / str(report)).resolve() if report else None,
     )
 
 

@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "owllm._version": 0,
     "owllm.backends": 0,  # the package itself: the contract and the registry
     "owllm.config": 1,
+    "owllm.checks": 1,  # the config's checks: block (issue 17); runs in owllm.quality
     "owllm._store_faults": 2,
     "owllm.state_store": 2, "owllm._state_db": 2, "owllm._state_schema": 2,
     "owllm.envs": 3,

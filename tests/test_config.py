@@ -85,7 +85,8 @@ def test_defaults_and_all_fields(tmp_path: Path) -> None:
             base_model: x
             use4bit: true
         """, ["cfg.yaml:4: models.m.use4bit: unknown key 'use4bit' (allowed: adapter_dir, "
-              "api_key_env, backend, base_model, base_url, ca_bundle, device, dtype, env_key, "
+              "api_key_env, backend, base_model, base_url, ca_bundle, checks, device, dtype, "
+              "env_key, "
               "generation, headers, max_model_len, model_type, port, quant, ray, requirements, "
               "served_model, server_args, stall_timeout_s, startup_timeout_s, system_prompt, "
               "timeout_s, tls_verify, use_4bit)"], id="unknown-key"),
@@ -113,8 +114,9 @@ def test_defaults_and_all_fields(tmp_path: Path) -> None:
     pytest.param("""
         modles:
           m: {base_model: x}
-        """, ["cfg.yaml:1: modles: unknown key 'modles' (allowed: models, tool_server, "
-              "tools, version)", "cfg.yaml: <top level>: missing required key 'models'"],
+        """, ["cfg.yaml:1: modles: unknown key 'modles' (allowed: checks, models, "
+              "tool_server, tools, version)",
+              "cfg.yaml: <top level>: missing required key 'models'"],
         id="typo-top-level"),
     pytest.param("""
         models:
@@ -217,3 +219,122 @@ def test_an_unknown_backend_lists_the_installed_ones(tmp_path: Path,
         """)
     assert found == [f"cfg.yaml:4: models.s.backend: unknown backend 'sglang'; installed "
                      f"backends: {', '.join(backend_names())}"]
+
+
+# ---- checks: (issue 17) -------------------------------------------------------------------
+
+def test_checks_merge_the_default_gate_by_gate(tmp_path: Path) -> None:
+    (tmp_path / "cases.jsonl").write_text("")
+    config = load_config(write(tmp_path, """
+        checks:
+          tool_calls: {samples: 20, min_pass_rate: 0, max_tokens: 48}
+          latency: {max_startup_s: 600}
+          parity: {with: a}
+        models:
+          a:
+            base_model: org/model
+          b:
+            base_model: org/model
+            backend: llamacpp
+            quant: q8_0
+            checks:
+              tool_calls: {min_pass_rate: 0.8, constrained: both, cases: cases.jsonl,
+                           categories: [simple]}
+              latency: null
+          c:
+            base_model: org/other
+            checks: {tool_calls: null, latency: null, parity: null}
+        """))
+    a, b, c = (config.models[m].checks for m in "abc")
+    assert a is not None and b is not None and c is None
+    # the default parity names a: it does not apply to a itself
+    assert [i for i, _, _ in a.items()] == ["tool_calls", "latency"]
+    assert dict(a.tool_calls.settings) == {"samples": 20, "min_pass_rate": 0, "max_tokens": 48}
+    assert [i for i, _, _ in b.items()] == ["tool_calls-unconstrained",
+                                            "tool_calls-constrained", "parity-a"]
+    assert dict(b.tool_calls.settings) == {"samples": 20, "min_pass_rate": 0.8,
+                                           "max_tokens": 48,
+                                           "cases": str(tmp_path / "cases.jsonl")}
+    assert b.tool_calls.categories == ("simple",) and b.tool_calls.modes == (False, True)
+    assert b.parity is not None and b.parity.min_prefix_tokens == 16
+
+
+def test_checks_errors_name_file_line_and_field(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    found = problems(tmp_path, monkeypatch, """
+        checks:
+          parity: {with: ghost}
+        models:
+          a:
+            base_model: org/model
+            checks:
+              tool_calls:
+                min_pass_rte: 0.9
+                samples: 0
+              latency: {max_first_token_s: "1", min_tokens_per_s: -1}
+              parity: {with: a}
+              speed: {}
+          b:
+            base_model: org/model
+            checks:
+              tool_calls: {constrained: maybe, min_pass_rate: 1.5, cases: nope.jsonl}
+              parity: {min_prefix_tokens: 4}
+        """)
+    # The schema's problems first (as for every field); parity.with is checked after.
+    assert found == [
+        "cfg.yaml:8: models.a.checks.tool_calls.min_pass_rte: unknown key 'min_pass_rte' "
+        "(allowed: cases, categories, concurrency, constrained, max_tokens, min_pass_rate, "
+        "retries, samples, seed, temperature, template, timeout)",
+        "cfg.yaml:9: models.a.checks.tool_calls.samples: 0 is less than the minimum of 1",
+        "cfg.yaml:10: models.a.checks.latency.max_first_token_s: '1' is not of type 'number'",
+        "cfg.yaml:10: models.a.checks.latency.min_tokens_per_s: -1 is less than the minimum "
+        "of 0",
+        "cfg.yaml:12: models.a.checks.speed: unknown key 'speed' (allowed: latency, parity, "
+        "tool_calls)",
+        "cfg.yaml:16: models.b.checks.tool_calls.constrained: 'maybe' is not one of "
+        "[False, True, 'both']",
+        "cfg.yaml:16: models.b.checks.tool_calls.min_pass_rate: 1.5 is greater than the "
+        "maximum of 1",
+        "cfg.yaml:17: models.b.checks.parity: missing required key 'with'",
+    ]
+
+
+def test_parity_with_names_another_known_model(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    found = problems(tmp_path, monkeypatch, """
+        checks:
+          parity: {with: ghost}
+        models:
+          a:
+            base_model: org/model
+            checks:
+              parity: {with: a}
+          b:
+            base_model: org/model
+        """)
+    assert found == [
+        "cfg.yaml:2: checks.parity.with: unknown model 'ghost' (known: a, b)",
+        "cfg.yaml:7: models.a.checks.parity.with: a model cannot be compared with itself: "
+        "name another model"]
+
+
+def test_a_missing_case_file_is_a_config_error(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    found = problems(tmp_path, monkeypatch, """
+        models:
+          a:
+            base_model: org/model
+            checks:
+              tool_calls: {cases: cases/mine.jsonl}
+        """)
+    assert found == [f"cfg.yaml:5: models.a.checks.tool_calls.cases: case file not found: "
+                     f"{tmp_path / 'cases' / 'mine.jsonl'} (model a)"]
+
+
+def test_shipped_config_has_quality_gates() -> None:
+    config = load_config(REPO / "configs" / "llm_backends.yaml")
+    items = {m: [i for i, _, _ in (c.checks.items() if c.checks else [])]
+             for m, c in config.models.items()}
+    assert items == {"demo": ["tool_calls", "latency"],
+                     "demo-vllm": ["tool_calls", "latency", "parity-demo"],
+                     "demo-llamacpp": ["tool_calls", "latency", "parity-demo"]}

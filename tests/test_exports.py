@@ -18,7 +18,8 @@ GUIDE_NAMES = {"get_state_store", "get_llm_server_manager", "EnvRegistry", "Stat
 
 # The modules that are API themselves (the guide imports ``core.state_store`` and friends;
 # users' suites use ``owllm.httpclient``): every other module is ``_private``.
-PUBLIC_MODULES = {"backends", "capabilities", "cli", "conformance", "config", "envs", "errors",
+PUBLIC_MODULES = {"backends", "capabilities", "checks", "cli", "conformance", "config", "envs",
+                  "errors",
                   "hardware", "httpclient", "inenv", "paths", "quality", "schemas", "servers",
                   "smoke", "state_store", "tools"}
 

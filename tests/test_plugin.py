@@ -202,10 +202,14 @@ def test_in_the_repo_the_suites_are_collected_once() -> None:
     one = repo_items("tests/test_exports.py", "--owllm-model", "demo")
     assert "model_suites/test_model.py::test_generate[demo]" in one
     suites_of_one = [i for i in one if i.startswith("model_suites/")]
-    # env + 5 tests for demo; this repo's ini adds the conformance suite: a check each, and
-    # the parity item (one model: nothing to pair, it says so)
+    # env + 5 tests for demo, and its 2 quality gates (tool_calls, latency); this repo's ini
+    # adds the conformance suite: a check each, and the parity item (one model: nothing to
+    # pair, it says so)
     conformance = [i for i in suites_of_one if "test_conformance.py" in i]
-    assert len(suites_of_one) - len(conformance) == 6
+    quality = [i for i in suites_of_one if "test_quality.py" in i]
+    assert quality == ["model_suites/test_quality.py::test_quality[demo-tool_calls]",
+                       "model_suites/test_quality.py::test_quality[demo-latency]"]
+    assert len(suites_of_one) - len(conformance) == 8
     assert len(conformance) == len(CHECKS) + 1
 
 

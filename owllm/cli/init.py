@@ -67,6 +67,12 @@ models:
     # tls_verify: true               # remote only: verify the endpoint's TLS certificate
     # ca_bundle: certs/ca.pem        # remote only: a private CA's PEM file (to verify with)
     # ray: {address: local, replicas: 2, num_cpus: 0.5}  # backend: ray (owllm[ray] extra)
+    # checks:                        # quality gates: pytest items test_quality[demo-...]
+    #   tool_calls: {cases: builtin, samples: 20, min_pass_rate: 0.9, constrained: false}
+    #   latency: {max_startup_s: 600, max_first_token_s: 5, min_tokens_per_s: 10}
+    #   parity: {with: other-model-id, min_prefix_tokens: 16}  # same weights, other backend
+    # (the demo's random weights score ~0% on tool calls: set min_pass_rate: 0 to see the rate)
+# checks: {}                         # the default checks of every model (a model's override)
 # tools: []                          # your tools: {callable: "pkg.mod:func", parameters: {...}}
 # tool_server: {host: 127.0.0.1, port: 8763, call_timeout_s: 10, api_key_env: null}
 """

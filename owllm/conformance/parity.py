@@ -124,8 +124,15 @@ def greedy_parity(a: Target, b: Target, prompts: Sequence[str] = PROMPTS,
     for prompt in prompts:
         (xa, ta, tokens_a), (xb, tb, tokens_b) = greedy_tokens(a, prompt, max_tokens), \
             greedy_tokens(b, prompt, max_tokens)
-        if tokens_a and tokens_b and token_divergence(ta, tb) is None:
-            token, char = None, None
+        if tokens_a and tokens_b:
+            # The token lists decide where they diverge: vLLM's text drops what follows a
+            # byte token, so its text would put the divergence too early (issue 17).  Equal
+            # texts still agree (a token rendered two ways).
+            token = token_divergence(ta, tb)
+            if token is None or text_divergence(ta, tb, xa, xb) is None:
+                token, char = None, None
+            else:
+                char = len("".join(ta[:token]))
         else:
             token, char = text_divergence(ta, tb, xa, xb) or (None, None)
         out.append(PromptParity(prompt, tuple(ta), tuple(tb), token, char, xa, xb))

@@ -5,6 +5,8 @@ with 95% Wilson intervals and typed failure reasons (including runaway output).
     >>> from owllm.quality import Endpoint, ToolCallSettings, run_tool_calls
     >>> report = run_tool_calls(Endpoint(url, "my-model"), ToolCallSettings(samples=40))
     >>> report.ok, str(report.overall), report.reasons()
+
+The gates of a config's ``checks:`` (owllm/checks.py) run through :func:`run_gate`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from owllm.quality.cases import (
     parse_cases,
     select,
 )
+from owllm.quality.gates import GateOutcome, gate_items, run_gate
+from owllm.quality.latency import LatencyReport, measure_latency
+from owllm.quality.parity_gate import ParityReport, required_prefix, run_parity
 from owllm.quality.report import Rate, Sample, ToolCallReport, wilson_interval
 from owllm.quality.runner import Endpoint, ToolCallSettings, run_cases, run_tool_calls
 from owllm.quality.scoring import REASONS, Score, runaway_kind, score
@@ -31,14 +36,22 @@ __all__ = [
     "CaseFileError",
     "Endpoint",
     "ExpectedCall",
+    "GateOutcome",
+    "LatencyReport",
+    "ParityReport",
     "Rate",
     "Sample",
     "Score",
     "ToolCallReport",
     "ToolCallSettings",
+    "gate_items",
     "load_cases",
+    "measure_latency",
     "parse_cases",
+    "required_prefix",
     "run_cases",
+    "run_gate",
+    "run_parity",
     "run_tool_calls",
     "runaway_kind",
     "score",

@@ -158,13 +158,22 @@ class ToolCallReport:
     def junit_properties(self) -> list[tuple[str, str]]:
         """The figures a gate records on its JUnit test case (``record_property``)."""
         low, high = self.interval
-        props = [("pass_rate", f"{self.rate:.4f}"), ("pass_rate_ci95_low", f"{low:.4f}"),
-                 ("pass_rate_ci95_high", f"{high:.4f}"), ("samples", str(len(self.samples))),
+        props = [("pass_rate", f"{self.rate:.4f}"), ("pass_rate_low", f"{low:.4f}"),
+                 ("pass_rate_high", f"{high:.4f}"), ("samples", str(len(self.samples))),
                  ("min_pass_rate", f"{self.min_pass_rate:.4f}"),
                  ("constrained", str(self.constrained).lower())]
-        props += [(f"pass_rate_{c}", f"{r.rate:.4f}") for c, r in self.by_category().items()]
+        props += [(f"rate_{c}", f"{r.rate:.4f}") for c, r in self.by_category().items()]
         props += [(f"failures_{k}", str(v)) for k, v in self.reasons().items()]
         return props
+
+    def measured(self) -> str:
+        """One line for a summary table: the rate, its interval, the categories' rates."""
+        categories = ", ".join(f"{c} {r.passed}/{r.total}"
+                               for c, r in self.by_category().items())
+        return f"{self.overall}" + (f"; {categories}" if categories else "")
+
+    def threshold(self) -> str:
+        return f"pass rate >= {self.min_pass_rate:.1%}"
 
     def table(self) -> str:
         """Measured against threshold, one line per category, then the failure reasons."""

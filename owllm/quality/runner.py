@@ -28,7 +28,7 @@ import httpx
 
 from owllm import httpclient
 from owllm.errors import UsageError
-from owllm.quality.cases import Case, load_cases, select
+from owllm.quality.cases import CATEGORIES, Case, load_cases, select
 from owllm.quality.report import Sample, ToolCallReport
 from owllm.quality.scoring import score
 from owllm.tools.prompts import render_tools, template_for, tool_call_response_schema
@@ -67,6 +67,7 @@ class ToolCallSettings:
     concurrency: int = 4
     retries: int = 2
     timeout: float = 120.0
+    categories: tuple[str, ...] | None = None  # only these categories (None: all)
 
     def __post_init__(self) -> None:
         problems = []
@@ -76,6 +77,9 @@ class ToolCallSettings:
             problems.append(f"min_pass_rate must be within 0..1, not {self.min_pass_rate}")
         if self.concurrency < 1 or self.retries < 0 or self.max_tokens < 1:
             problems.append("concurrency and max_tokens must be ≥ 1, retries ≥ 0")
+        unknown = sorted(set(self.categories or ()) - set(CATEGORIES))
+        if unknown:
+            problems.append(f"unknown category {unknown[0]!r} (known: {', '.join(CATEGORIES)})")
         if problems:
             raise UsageError("; ".join(problems))
 
@@ -91,13 +95,17 @@ class ToolCallSettings:
                              hint=f"known: {', '.join(sorted(known))}")
         expected = {"cases": (str,), "template": (str,), "constrained": (bool,),
                     "samples": (int, type(None)), "min_pass_rate": (int, float),
-                    "temperature": (int, float), "timeout": (int, float)}
+                    "temperature": (int, float), "timeout": (int, float),
+                    "categories": (list, tuple, type(None))}
         for key, value in values.items():
             types = expected.get(key, (int,))
             if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
                 raise UsageError(f"{where}.{key}: {value!r} is not "
                                  f"{' or '.join(t.__name__ for t in types)}")
-        return cls(**dict(values))
+        values = dict(values)
+        if values.get("categories") is not None:
+            values["categories"] = tuple(values["categories"])
+        return cls(**values)
 
     def prompt_template(self) -> str:
         if "{prompt}" in self.template:
@@ -204,5 +212,11 @@ def run_tool_calls(endpoint: Endpoint, settings: ToolCallSettings | None = None
     """Load ``settings.cases`` (``"builtin"`` or a JSONL path), pick ``settings.samples`` of
     them (spread over the categories, by ``seed``), send and score them."""
     settings = settings or ToolCallSettings()
-    cases = select(load_cases(settings.cases), settings.samples, settings.seed)
+    cases = load_cases(settings.cases)
+    if settings.categories:
+        cases = [c for c in cases if c.category in settings.categories]
+        if not cases:
+            raise UsageError(f"no case of {settings.cases} is in the categories "
+                             f"{', '.join(settings.categories)}")
+    cases = select(cases, settings.samples, settings.seed)
     return run_cases(endpoint, cases, settings)

@@ -91,6 +91,6 @@ def test_verdict_and_table() -> None:
 def test_junit_properties() -> None:
     props = dict(report(0.9).junit_properties())
     assert props["pass_rate"] == f"{9 / 14:.4f}" and props["samples"] == "14"
-    assert props["pass_rate_ci95_low"] == f"{wilson_interval(9, 14)[0]:.4f}"
-    assert props["pass_rate_simple"] == f"{8 / 9:.4f}" and props["failures_runaway"] == "1"
+    assert props["pass_rate_low"] == f"{wilson_interval(9, 14)[0]:.4f}"
+    assert props["rate_simple"] == f"{8 / 9:.4f}" and props["failures_runaway"] == "1"
     assert props["constrained"] == "false"
