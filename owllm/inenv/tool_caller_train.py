@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ._report import report
-from .tool_caller_data import Example, tokenizer_corpus
+from .tool_caller_data import CASES_FILE, Example, tokenizer_corpus
 from .tool_caller_data import batch as make_batch
 
 TRAINER_VERSION = 1
@@ -56,13 +56,18 @@ WARMUP = 40
 #: simple/multiple cases, the exact arguments on 1/25 -- copying is not learned yet.
 Stage = tuple[int, int, int, float]
 STAGES: tuple[Stage, ...] = ((STEPS, 0, BATCH, PEAK_LR), (220, 4, 24, 8e-3), (200, 4, 24, 6e-3))
-THREADS = 2
+THREADS = 1
+
+
+def chat(example: Example) -> list[dict[str, str]]:
+    """The messages a client's request becomes on the server (system message first)."""
+    system = [{"role": "system", "content": example.system}] if example.system else []
+    return [*system, {"role": "user", "content": example.prompt}]
 
 
 def encode(tok: Any, example: Example) -> tuple[list[int], list[int]]:
     """(prompt ids exactly as OWLLM's transformers server encodes the chat, answer ids + eos)."""
-    text = tok.apply_chat_template([{"role": "user", "content": example.prompt}],
-                                   tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(chat(example), tokenize=False, add_generation_prompt=True)
     prompt = tok(text, add_special_tokens=False).input_ids
     answer = [*tok(example.answer, add_special_tokens=False).input_ids, tok.eos_token_id]
     return list(prompt), list(answer)
@@ -194,14 +199,15 @@ def build(out: Path, seed: int, *, stages: tuple[Stage, ...] = STAGES,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .demo_model import build_model, train_tokenizer
+    from .demo_model import CHAT_TEMPLATE, build_model
+    from .tool_caller_tok import train_tokenizer
 
     torch.set_num_threads(THREADS)
     torch.use_deterministic_algorithms(True)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="owllm-tool-caller-"))
     try:
-        tokenizer_dir = train_tokenizer(work, corpus=tokenizer_corpus() * 4)
+        tokenizer_dir = train_tokenizer(work, tokenizer_corpus() * 4, CHAT_TEMPLATE)
         for item in tokenizer_dir.iterdir():
             shutil.copy(item, out / item.name)
     finally:
@@ -240,7 +246,8 @@ def resume(out: Path, init: Path, seed: int, *, steps: int, batch: int, peak_lr:
     return summary
 
 
-SOURCES = ("tool_caller_train.py", "tool_caller_data.py", "demo_model.py")
+SOURCES = ("tool_caller_train.py", "tool_caller_data.py", "tool_caller_tok.py",
+           "demo_model.py")
 KIND = "tiny-tool-caller"
 
 
@@ -252,6 +259,8 @@ def content_hash() -> str:
     digest = hashlib.sha256()
     for name in SOURCES:
         digest.update(name.encode() + b"\0" + (here / name).read_bytes() + b"\0")
+    if CASES_FILE.is_file():  # held out of the training data
+        digest.update(b"cases\0" + CASES_FILE.read_bytes())
     return digest.hexdigest()[:12]
 
 
