@@ -145,24 +145,35 @@ def held_out() -> frozenset[str]:
     return frozenset(json.loads(line)["prompt"] for line in lines if line.strip())
 
 
-def request_for(tool: str, rng: random.Random) -> tuple[str, dict[str, Any]]:
-    """(a user request due ``tool``, the args it is due), never a built-in case's prompt."""
+def request_for(tool: str, rng: random.Random, wild: bool = False
+                ) -> tuple[str, dict[str, Any]]:
+    """(a user request due ``tool``, the args it is due), never a built-in case's prompt.
+    ``wild``: made-up words and zone names, which no model can guess from the usual ones:
+    only copying them from the request lowers the loss (the drill that teaches copying)."""
     while True:
-        request, args = _request_for(tool, rng)
+        request, args = _request_for(tool, rng, wild)
         if request not in held_out():
             return request, args
 
 
-def _request_for(tool: str, rng: random.Random) -> tuple[str, dict[str, Any]]:
+def made_up(rng: random.Random) -> str:
+    """A pronounceable made-up lowercase word of 3 to 8 letters."""
+    letters = "".join(rng.choice("bcdfghklmnprstvwz") + rng.choice("aeiou")
+                      for _ in range(rng.randint(2, 4)))
+    return letters[:rng.randint(3, len(letters))]
+
+
+def _request_for(tool: str, rng: random.Random, wild: bool) -> tuple[str, dict[str, Any]]:
     if tool == "calculator":
         e = expression(rng)
         return rng.choice(CALC_PHRASES).format(e=e), {"expression": e}
     if tool == "echo":
-        t = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4)))
+        words = [made_up(rng) if wild else rng.choice(WORDS) for _ in range(rng.randint(1, 4))]
+        t = " ".join(words)
         return rng.choice(ECHO_PHRASES).format(t=t), {"text": t}
     if rng.random() < 0.2:
         return rng.choice(TIME_PLAIN), {}
-    z = rng.choice(ZONES)
+    z = f"{made_up(rng).title()}/{made_up(rng).title()}" if wild else rng.choice(ZONES)
     return rng.choice(TIME_PHRASES).format(z=z), {"timezone": z}
 
 
@@ -196,13 +207,13 @@ def offered(rng: random.Random, parallel: bool = False) -> tuple[str, ...]:
 
 
 def example(rng: random.Random, backend: str, tools: tuple[str, ...],
-            parallel: bool = False) -> Example:
+            parallel: bool = False, wild: bool = False) -> Example:
     """A request for the prompt (backend, tools): a due call (mostly) or none; ``parallel``
     (two tools offered at least): two independent requests joined, due two calls."""
     if parallel and len(tools) >= 2:
         first, second = rng.sample(list(tools), 2)
-        r1, a1 = request_for(first, rng)
-        r2, a2 = request_for(second, rng)
+        r1, a1 = request_for(first, rng, wild)
+        r2, a2 = request_for(second, rng, wild)
         joined = f"{r1.rstrip('.?')} and also: {r2}"
         if joined not in held_out():
             return Example(backend, tools, joined, ((first, a1), (second, a2)))
@@ -214,7 +225,7 @@ def example(rng: random.Random, backend: str, tools: tuple[str, ...],
             request = rng.choice(OFF_TOPIC).format(z=rng.choice(ZONES))
         return Example(backend, tools, request, ())
     tool = rng.choice(tools)
-    request, args = request_for(tool, rng)
+    request, args = request_for(tool, rng, wild)
     return Example(backend, tools, request, ((tool, args),))
 
 
@@ -232,13 +243,13 @@ PARALLEL_BATCHES = 0.1
 
 def batch(rng: random.Random, size: int, short: bool = False) -> list[Example]:
     """``size`` examples sharing one prompt head (backend and tool list): the trainer runs
-    that shared head once per batch.  ``short``: the prompt lists no tools (every tool may be
-    due), a sequence a fifth as long that drills copying the arguments."""
+    that shared head once per batch.  ``short``: the copying drill, the prompt lists no tools
+    (every tool may be due) and the arguments are made up (``wild``)."""
     backend = rng.choice(list(TEMPLATES))
     parallel = rng.random() < PARALLEL_BATCHES
     system = rng.choice(SYSTEMS) if rng.random() < SYSTEM_SHARE else ""
     tools = tuple(TOOLS) if short else offered(rng, parallel)
-    return [replace(example(rng, backend, tools, parallel), show_tools=not short,
+    return [replace(example(rng, backend, tools, parallel, short), show_tools=not short,
                     system=system) for _ in range(size)]
 
 
