@@ -19,7 +19,8 @@ from owllm.httpclient import SERVER_KEY_VAR, api_key
 from owllm.paths import PRIVATE_FILE_MODE, Home, make_private, private_dir
 
 DEMO_MODELS = {"tiny-llama": 0, "tiny-tool-caller": 0}  # name -> seed
-# Training the tool caller takes about 3 minutes on 2 idle cores; a busy machine stretches it.
+# Training the tool caller takes ~100 CPU-seconds on one thread; a busy machine stretches the
+# wall clock many times over (a 2-core host running other tests: ~9 minutes, measured).
 DEMO_BUILD_TIMEOUT = {"tiny-tool-caller": 3600.0}
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 RULES = (
@@ -99,10 +101,14 @@ ZONES = ("UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo", "Europe/London
 WORDS = ("hello", "world", "blue", "river", "quiet", "morning", "seven", "apples", "owl",
          "stone", "light", "green", "paper", "moon", "fast", "bridge", "cloud", "tea",
          "north", "song", "table", "red", "silver", "garden", "window", "happy", "code")
-OFF_TOPIC = ("Tell me a joke.", "What's the weather in {z}?", "Who wrote Hamlet?",
-             "Translate good morning into German.", "Book a table for two tonight.",
-             "Send an email to Bob.", "Write a poem about the sea.",
-             "What is the capital of France?", "Play some music.", "Order a pizza.")
+#: Requests no built-in tool serves.  None of them is a built-in case's prompt: the model must
+#: generalise to the case set's irrelevance prompts, not remember them.
+OFF_TOPIC = ("Tell me a story.", "What's the weather like in {z}?", "Who painted the Mona Lisa?",
+             "Translate thank you into French.", "Book a flight to {z}.",
+             "Send a message to Alice.", "Write a haiku about autumn.",
+             "What is the capital of Spain?", "Turn on the lights.", "Order some sushi.",
+             "Recommend a good book.", "How do I bake bread?", "Call my mother.",
+             "Summarise this article for me.", "Find a hotel in {z}.", "Set an alarm for 7.")
 OPS = ("+", "-", "*", "/", "//", "%", "**")
 
 
@@ -124,17 +130,50 @@ def expression(rng: random.Random) -> str:
                        f"{a} {o1} ({b} {o2} {c})"))
 
 
-def request_for(tool: str, rng: random.Random) -> tuple[str, dict[str, Any]]:
-    """(a user request due ``tool``, the args it is due)."""
+#: The built-in case set (read as data: in-env code imports no host-side ``owllm``).
+CASES_FILE = Path(__file__).resolve().parent.parent / "quality" / "data" / "builtin_cases.jsonl"
+
+
+@cache
+def held_out() -> frozenset[str]:
+    """The built-in cases' prompts: never a training request, so the measured pass rate is
+    generalisation to unseen requests of the same phrasing families, not recall.  (The
+    trainer's content hash covers the case file too.)"""
+    if not CASES_FILE.is_file():
+        return frozenset()
+    lines = CASES_FILE.read_text(encoding="utf-8").splitlines()
+    return frozenset(json.loads(line)["prompt"] for line in lines if line.strip())
+
+
+def request_for(tool: str, rng: random.Random, wild: bool = False
+                ) -> tuple[str, dict[str, Any]]:
+    """(a user request due ``tool``, the args it is due), never a built-in case's prompt.
+    ``wild``: made-up words and zone names, which no model can guess from the usual ones:
+    only copying them from the request lowers the loss (the drill that teaches copying)."""
+    while True:
+        request, args = _request_for(tool, rng, wild)
+        if request not in held_out():
+            return request, args
+
+
+def made_up(rng: random.Random) -> str:
+    """A pronounceable made-up lowercase word of 3 to 8 letters."""
+    letters = "".join(rng.choice("bcdfghklmnprstvwz") + rng.choice("aeiou")
+                      for _ in range(rng.randint(2, 4)))
+    return letters[:rng.randint(3, len(letters))]
+
+
+def _request_for(tool: str, rng: random.Random, wild: bool) -> tuple[str, dict[str, Any]]:
     if tool == "calculator":
         e = expression(rng)
         return rng.choice(CALC_PHRASES).format(e=e), {"expression": e}
     if tool == "echo":
-        t = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4)))
+        words = [made_up(rng) if wild else rng.choice(WORDS) for _ in range(rng.randint(1, 4))]
+        t = " ".join(words)
         return rng.choice(ECHO_PHRASES).format(t=t), {"text": t}
     if rng.random() < 0.2:
         return rng.choice(TIME_PLAIN), {}
-    z = rng.choice(ZONES)
+    z = f"{made_up(rng).title()}/{made_up(rng).title()}" if wild else rng.choice(ZONES)
     return rng.choice(TIME_PHRASES).format(z=z), {"timezone": z}
 
 
@@ -147,6 +186,7 @@ class Example:
     request: str
     calls: tuple[tuple[str, dict[str, Any]], ...]  # empty: no call is due
     show_tools: bool = True  # False: the prompt lists no tools (a short copying drill)
+    system: str = ""  # a system message before the request (a config's system_prompt)
 
     @property
     def prompt(self) -> str:
@@ -158,51 +198,68 @@ class Example:
         return answer_text(list(self.calls))
 
 
-def offered(rng: random.Random) -> tuple[str, ...]:
-    """A non-empty subset of the built-in tools in random order (half the time all three)."""
+def offered(rng: random.Random, parallel: bool = False) -> tuple[str, ...]:
+    """A non-empty subset of the built-in tools in random order (half the time all three;
+    two at least for ``parallel``)."""
     names = list(TOOLS)
     rng.shuffle(names)
-    return tuple(names if rng.random() < 0.5 else names[:rng.randint(1, 2)])
+    return tuple(names if rng.random() < 0.5 else names[:rng.randint(2 if parallel else 1, 2)])
 
 
-def example(rng: random.Random, backend: str, tools: tuple[str, ...]) -> Example:
-    """A request for the prompt (backend, tools): a due call (mostly), two calls, or none."""
-    roll = rng.random()
-    missing = [name for name in TOOLS if name not in tools]
-    if roll < 0.12:
+def example(rng: random.Random, backend: str, tools: tuple[str, ...],
+            parallel: bool = False, wild: bool = False) -> Example:
+    """A request for the prompt (backend, tools): a due call (mostly) or none; ``parallel``
+    (two tools offered at least): two independent requests joined, due two calls."""
+    if parallel and len(tools) >= 2:
+        first, second = rng.sample(list(tools), 2)
+        r1, a1 = request_for(first, rng, wild)
+        r2, a2 = request_for(second, rng, wild)
+        joined = f"{r1.rstrip('.?')} and also: {r2}"
+        if joined not in held_out():
+            return Example(backend, tools, joined, ((first, a1), (second, a2)))
+    if rng.random() < 0.12:
+        missing = [name for name in TOOLS if name not in tools]
         if missing and rng.random() < 0.5:
             request, _ = request_for(rng.choice(missing), rng)
         else:
             request = rng.choice(OFF_TOPIC).format(z=rng.choice(ZONES))
         return Example(backend, tools, request, ())
-    if roll < 0.2 and len(tools) >= 2:
-        first, second = rng.sample(list(tools), 2)
-        r1, a1 = request_for(first, rng)
-        r2, a2 = request_for(second, rng)
-        return Example(backend, tools, f"{r1.rstrip('.?')} and also: {r2}",
-                       ((first, a1), (second, a2)))
     tool = rng.choice(tools)
-    request, args = request_for(tool, rng)
+    request, args = request_for(tool, rng, wild)
     return Example(backend, tools, request, ((tool, args),))
+
+
+#: Share of batches with a system message, and the messages: servers put a configured
+#: ``system_prompt`` before the request (the shipped demos say the first one), and the model
+#: must call tools the same way under it.
+SYSTEM_SHARE = 0.25
+SYSTEMS = ("You are a helpful assistant.", "You are a careful assistant.",
+           "You are terse. Answer briefly.")
+
+#: Share of batches whose examples are all due two calls: kept apart because their answers
+#: are twice as long, and padding every batch to their length would cost a third more.
+PARALLEL_BATCHES = 0.1
 
 
 def batch(rng: random.Random, size: int, short: bool = False) -> list[Example]:
     """``size`` examples sharing one prompt head (backend and tool list): the trainer runs
-    that shared head once per batch.  ``short``: the prompt lists no tools (every tool may be
-    due), a sequence a fifth as long that drills copying the arguments."""
+    that shared head once per batch.  ``short``: the copying drill, the prompt lists no tools
+    (every tool may be due) and the arguments are made up (``wild``)."""
     backend = rng.choice(list(TEMPLATES))
-    tools = tuple(TOOLS) if short else offered(rng)
-    examples = [example(rng, backend, tools) for _ in range(size)]
-    if short:
-        examples = [Example(e.backend, e.tools, e.request, e.calls, False) for e in examples]
-    return examples
+    parallel = rng.random() < PARALLEL_BATCHES
+    system = rng.choice(SYSTEMS) if rng.random() < SYSTEM_SHARE else ""
+    tools = tuple(TOOLS) if short else offered(rng, parallel)
+    return [replace(example(rng, backend, tools, parallel, short), show_tools=not short,
+                    system=system) for _ in range(size)]
 
 
 def tokenizer_corpus() -> str:
     """Text the tokenizer is trained on: every prompt head, requests and answers."""
     rng = random.Random(1234)
-    parts = [render_prompt(b, list(TOOLS), "") for b in TEMPLATES]
-    for _ in range(400):
-        parts.append(example(rng, rng.choice(list(TEMPLATES)), offered(rng)).answer)
+    parts = [render_prompt(b, list(TOOLS), "") for b in TEMPLATES] + ["<|user|>", "<|assistant|>"]
+    for i in range(400):
+        parallel = i % 10 == 0
+        parts.append(example(rng, rng.choice(list(TEMPLATES)), offered(rng, parallel),
+                             parallel).answer)
         parts.append(example(rng, "remote", tuple(TOOLS)).request)
     return "\n".join(parts) + "\n"
