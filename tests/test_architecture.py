@@ -63,6 +63,7 @@ LAYERS: dict[str, int] = {
     "owllm.inenv.llamacpp_engine": 0,
     "owllm.inenv.serving": 0,
     "owllm.inenv.tool_stream": 0,
+    "owllm.inenv.stream_close": 0,
 }
 
 
