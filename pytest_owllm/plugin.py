@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_owllm import collection, conformance_report, settings
+from pytest_owllm import collection, conformance_report, scheduling, settings
 from pytest_owllm.fixtures import *  # noqa: F403  (the default fixtures)
 from pytest_owllm.run import RUN_INPUT, end_run, get_run, run_owner, start_run
 
@@ -45,6 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {help_text}")
     run = start_run(config)
     config.pluginmanager.register(conformance_report.Recorder(), conformance_report.PLUGIN)
+    config.pluginmanager.register(scheduling.Scheduling(run), scheduling.PLUGIN)
     config.args[:] = [collection.suites_arg(config, arg) for arg in config.args]
     if (run.settings.models or run.settings.suites) and not config.option.help:
         # An unknown --owllm-model, or asking for the suites without a config, is a usage
