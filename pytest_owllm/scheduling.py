@@ -68,5 +68,23 @@ class Scheduling:
                 model = model_of(nodeid, model_ids)
                 return nodeid if model is None else MODEL_SCOPE + model
 
+            def remove_node(self, node: Any) -> str | None:
+                """As ``loadscope``, except that the item a crashed worker was running is
+                reported crashed and not run again (``loadscope`` requeues it with the
+                rest of the worker's units; ``load``, the default this replaces, does not,
+                and a test that kills its worker would kill a second one)."""
+                workload = self.assigned_work.get(node, {})
+                crashed = next(((unit, nodeid) for unit in workload.values()
+                                for nodeid, done in unit.items() if not done), None)
+                if crashed is None:
+                    return super().remove_node(node)
+                self.assigned_work.pop(node)
+                crashed[0][crashed[1]] = True
+                self.workqueue.update({scope: unit for scope, unit in workload.items()
+                                       if not all(unit.values())})
+                for other in self.assigned_work:
+                    self._reschedule(other)
+                return crashed[1]
+
         return ModelScheduling(config, log)
 
