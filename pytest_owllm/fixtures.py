@@ -57,12 +57,14 @@ def owllm_manager(request: pytest.FixtureRequest, owllm_config: Config, owllm_ho
     """The run's manager: what it launches belongs to the run (see the module docstring).
 
     While the run lasts, its CPU servers share the host's cores: ``$OWLLM_CPU_SERVERS`` is
-    the number of CPU models it selected, unless already set (by the user, or by whoever
+    how many of them compute at once (its CPU models, at most one per xdist worker: a
+    serial run drives one server at a time), unless already set (by the user, or by whoever
     runs this run), and each backend gives its servers that share of threads
     (:func:`owllm.backends._common.thread_budget`)."""
     manager = LLMServerManager(owllm_config, home=owllm_home, registry=owllm_registry)
     manager.owner = run_owner(request.config)
-    with _servers_var(get_run(request.config).cpu_servers()):
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    with _servers_var(min(get_run(request.config).cpu_servers(), workers)):
         yield manager
 
 

@@ -31,6 +31,7 @@ def test_seen(owllm_manager):
 def project(pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory,
             monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     monkeypatch.delenv(SERVERS_VAR, raising=False)  # the repo's own run sets one
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)  # this run's own workers
     monkeypatch.setenv("OWLLM_HOME", str(tmp_path_factory.mktemp("threads-home")))
     (pytester.path / "configs").mkdir()
     (pytester.path / "configs" / "llm_backends.yaml").write_text(CONFIG)
@@ -39,10 +40,14 @@ def project(pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory,
 
 
 def test_the_run_counts_its_cpu_servers_and_restores_the_variable(
-        project: pytest.Pytester) -> None:
+        project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     result = project.runpytest("-s", "-p", "no:cacheprovider", "--noconftest")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*SERVERS=3*"])  # the GPU model is not a CPU server
+    result.stdout.fnmatch_lines(["*SERVERS=unset*"])  # serial: one server computes at once
+    # Under 4 xdist workers 3 CPU servers compute at once (the GPU model is not one).
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "4")
+    result = project.runpytest("-s", "-p", "no:cacheprovider", "--noconftest")
+    result.stdout.fnmatch_lines(["*SERVERS=3*"])
     assert SERVERS_VAR not in os.environ
 
 
