@@ -28,6 +28,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from owllm.backends._common import SERVERS_VAR
+
 TOKEN_VAR = "OWLLM_TEST_RUN_TOKEN"
 CLEAN_TREE_KEY = pytest.StashKey["tuple[Path, frozenset[str]] | None"]()
 
@@ -38,9 +40,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "git checkout")
 
 
+# This repository's own run holds many CPU model servers at once (the model suites' three,
+# the hostile tests' three per xdist worker, the in-env tests' own): each gets its share of
+# the cores (owllm.backends._common.thread_budget), not a thread pool sized to the machine.
+# An explicit OWLLM_CPU_SERVERS or OWLLM_SERVER_THREADS in the environment wins.
+REPO_RUN_SERVERS = 6
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # controller or single process
         os.environ[TOKEN_VAR] = uuid.uuid4().hex
+        os.environ.setdefault(SERVERS_VAR, str(REPO_RUN_SERVERS))
 
 
 def git_status(folder: Path) -> tuple[Path, frozenset[str]] | None:

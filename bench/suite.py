@@ -1,9 +1,11 @@
-"""Wall time of the model suites for three tiny models, serial (-n 0) against -n 2, with the
-number of server starts each run made (from the StateStore's events).
+"""Wall time of the model suites for three tiny models, serial (-n 0) against -n 2 and
+-n auto, with the number of server starts each run made (from the StateStore's events).
 
 Run: python bench/suite.py [--json]   (builds the env and the demo model once, in a temp home)
 
-``--json`` prints one object with ``n2_over_n0`` (-n 2 wall over -n 0 wall) and the starts.
+``--json`` prints one object with ``n2_over_n0`` (-n 2 wall over -n 0 wall),
+``nauto_over_n0``, each run's wall time, starts and exit code, the cores, and the thread
+budget each server got (``OWLLM_CPU_SERVERS`` is set by the plugin: 3 CPU models).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def starts(home: Path) -> int:
                for e in store.list_events(kind="server", limit=10_000))
 
 
-def run(project: Path, home: Path, workers: int) -> tuple[float, int, int]:
+def run(project: Path, home: Path, workers: int | str) -> tuple[float, int, int]:
     before = starts(home)
     env = {**os.environ, "OWLLM_HOME": str(home)}
     start = time.perf_counter()
@@ -65,15 +67,21 @@ def main() -> None:
         print(f"warm-up (env + demo model build): {warm[0]:.1f}s, exit {warm[2]}", file=out)
         serial = run(project, home, 0)
         parallel = run(project, home, 2)
+        auto = run(project, home, "auto")
         if args.json:
             print(json.dumps({"n2_over_n0": parallel[0] / serial[0], "n0_s": serial[0],
                               "n2_s": parallel[0], "n0_starts": serial[1],
                               "n2_starts": parallel[1], "n0_exit": serial[2],
-                              "n2_exit": parallel[2], "warmup_s": warm[0]}))
+                              "n2_exit": parallel[2], "nauto_over_n0": auto[0] / serial[0],
+                              "nauto_s": auto[0], "nauto_starts": auto[1],
+                              "nauto_exit": auto[2], "cores": os.cpu_count(),
+                              "warmup_s": warm[0]}))
             return
-        print(f"-n 0: {serial[0]:6.1f}s  server starts {serial[1]}  exit {serial[2]}")
-        print(f"-n 2: {parallel[0]:6.1f}s  server starts {parallel[1]}  exit {parallel[2]}")
+        for name, (wall, started, code) in (("-n 0", serial), ("-n 2", parallel),
+                                             ("-n auto", auto)):
+            print(f"{name:8}: {wall:6.1f}s  server starts {started}  exit {code}")
         print(f"ratio -n 2 / -n 0 wall time: {parallel[0] / serial[0]:.2f}")
+        print(f"ratio -n auto / -n 0 wall time: {auto[0] / serial[0]:.2f}")
 
 
 if __name__ == "__main__":

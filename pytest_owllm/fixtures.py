@@ -9,11 +9,14 @@ the factories of :mod:`pytest_owllm.factories`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from owllm.backends._common import SERVERS_VAR
 from owllm.config import Config
 from owllm.envs import EnvRegistry, EnvSpec
 from owllm.paths import Home, resolve_home
@@ -50,11 +53,31 @@ def owllm_registry(owllm_home: Home, owllm_config: Config) -> EnvRegistry:
 
 @pytest.fixture(scope="session")
 def owllm_manager(request: pytest.FixtureRequest, owllm_config: Config, owllm_home: Home,
-                  owllm_registry: EnvRegistry) -> LLMServerManager:
-    """The run's manager: what it launches belongs to the run (see the module docstring)."""
+                  owllm_registry: EnvRegistry) -> Iterator[LLMServerManager]:
+    """The run's manager: what it launches belongs to the run (see the module docstring).
+
+    While the run lasts, its CPU servers share the host's cores: ``$OWLLM_CPU_SERVERS`` is
+    how many of them compute at once (its CPU models, at most one per xdist worker: a
+    serial run drives one server at a time), unless already set (by the user, or by whoever
+    runs this run), and each backend gives its servers that share of threads
+    (:func:`owllm.backends._common.thread_budget`)."""
     manager = LLMServerManager(owllm_config, home=owllm_home, registry=owllm_registry)
     manager.owner = run_owner(request.config)
-    return manager
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    with _servers_var(min(get_run(request.config).cpu_servers(), workers)):
+        yield manager
+
+
+@contextlib.contextmanager
+def _servers_var(count: int) -> Iterator[None]:
+    if SERVERS_VAR in os.environ or count < 2:
+        yield
+        return
+    os.environ[SERVERS_VAR] = str(count)
+    try:
+        yield
+    finally:  # an in-process pytester run must not leave it in the outer run
+        os.environ.pop(SERVERS_VAR, None)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_owllm import collection, conformance_report, quality_report, settings
+from pytest_owllm import collection, conformance_report, quality_report, scheduling, settings
 from pytest_owllm.fixtures import *  # noqa: F403  (the default fixtures)
 from pytest_owllm.run import RUN_INPUT, end_run, get_run, run_owner, start_run
 
@@ -50,6 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the controller, or the only process
         config.pluginmanager.register(quality_report.Recorder(run.settings.report),
                                       quality_report.PLUGIN)
+    config.pluginmanager.register(scheduling.Scheduling(run), scheduling.PLUGIN)
     config.args[:] = [collection.suites_arg(config, arg) for arg in config.args]
     if (run.settings.models or run.settings.suites) and not config.option.help:
         # An unknown --owllm-model, or asking for the suites without a config, is a usage

@@ -95,6 +95,11 @@ class OwllmRun:
             keys[key] = keys.get(key, False) or self.needs_gpu(model_id)
         return keys
 
+    def cpu_servers(self) -> int:
+        """How many servers of the run's models compute on this host's CPU at once (one per
+        selected model OWLLM launches on a CPU): their thread budget's divisor."""
+        return sum(1 for model_id in self.resolutions if not self.needs_gpu(model_id))
+
     def collected_elsewhere(self, module: Path) -> bool:
         """Whether the run collected this module already, or a copy of it (same file name
         and bytes: the checkout's ``model_suites/`` next to an installed wheel, or suites

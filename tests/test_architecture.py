@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     "owllm.__main__": 6,
     "owllm": 6,  # the facade (__init__): imports from every layer
     "pytest_owllm": 6,
+    "pytest_owllm.scheduling": 6,
     # In-env modules stand outside the ladder (they import no host-side owllm, so any layer
     # may use them); listed so the HTTP layer and its engine contract have a named place.
     "owllm.inenv.openai_app": 0,

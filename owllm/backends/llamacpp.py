@@ -29,7 +29,13 @@ from owllm.backends import (
     LaunchSpec,
     option_problems,
 )
-from owllm.backends._common import api_key_vars, hf_model_path, runs_on_cpu, write_run_file
+from owllm.backends._common import (
+    api_key_vars,
+    hf_model_path,
+    runs_on_cpu,
+    thread_budget,
+    write_run_file,
+)
 from owllm.backends._kernels import KernelChoice, choose
 from owllm.config import ModelConfig
 from owllm.envs.runner import inenv_argv, run_in_env
@@ -180,6 +186,14 @@ class LlamaCppBackend:
                host: str, port: int) -> LaunchSpec:
         gpu = not runs_on_cpu(model, ctx)
         buffers = extra_buffers_choice(ctx, gpu)
+        kernels = [gguf_dtype(model, model_path), buffers]
+        settings: dict[str, Any] = {"n_gpu_layers": -1} if gpu else {}
+        # A CPU server's thread budget (_common.thread_budget); ``--n_threads`` in the
+        # model's server_args still wins (the server applies server_args last).
+        threads = None if gpu else thread_budget()
+        if threads is not None:
+            settings.update(n_threads=int(threads.value), n_threads_batch=int(threads.value))
+            kernels.append(threads)
         config_file = write_run_file(ctx.home, f"{model.model_id}.json", {
             "model_id": model.model_id,
             "model_path": str(model_path),
@@ -189,7 +203,7 @@ class LlamaCppBackend:
             "generation": {"max_tokens": model.generation.max_tokens,
                            "temperature": model.generation.temperature,
                            "top_p": model.generation.top_p},
-            "model_settings": {"n_gpu_layers": -1} if gpu else {},
+            "model_settings": settings,
             "extra_buffers": buffers.value == "on",
         })
         argv = inenv_argv(ctx.env.python_executable, SERVER_MODULE, "--config-json",
@@ -197,7 +211,7 @@ class LlamaCppBackend:
                           *model.server_args)
         return LaunchSpec(argv=argv, env={"PYTHONUNBUFFERED": "1", **api_key_vars(model)},
                           ready_needs_completion=True,
-                          kernels=(gguf_dtype(model, model_path), buffers))
+                          kernels=tuple(kernels))
 
 
 def gguf_dtype(model: ModelConfig, model_path: Path | str) -> KernelChoice:

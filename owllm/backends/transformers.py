@@ -3,6 +3,7 @@ run with the model's env python.  The server imports only the env's packages."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from owllm.backends._common import (
     hf_model_path,
     materialize_demo,
     runs_on_cpu,
+    thread_budget,
     write_run_file,
 )
 from owllm.backends._kernels import KernelChoice
@@ -87,8 +89,27 @@ class TransformersBackend:
         argv = inenv_argv(ctx.env.python_executable, SERVER_MODULE, "--config-json",
                           str(config_file), "--host", host, "--port", str(port),
                           *model.server_args)
-        return LaunchSpec(argv=argv, env={"PYTHONUNBUFFERED": "1", **api_key_vars(model)},
-                          kernels=(dtype_choice(model, ctx),))
+        env = {"PYTHONUNBUFFERED": "1", **api_key_vars(model)}
+        kernels = [dtype_choice(model, ctx)]
+        threads = cpu_threads(model, ctx)
+        if threads is not None:
+            env.update(omp_thread_vars(int(threads.value)))
+            kernels.append(threads)
+        return LaunchSpec(argv=argv, env=env, kernels=tuple(kernels))
+
+
+def cpu_threads(model: ModelConfig, ctx: BackendContext) -> KernelChoice | None:
+    """The thread budget of a CPU server (:func:`thread_budget`); None on a GPU or when the
+    user's environment sets ``OMP_NUM_THREADS`` (their choice, inherited by the server)."""
+    if not runs_on_cpu(model, ctx) or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return thread_budget()
+
+
+def omp_thread_vars(threads: int) -> dict[str, str]:
+    """torch sizes its intra-op pool from these when it is imported (the server never calls
+    ``torch.set_num_threads``)."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def dtype_choice(model: ModelConfig, ctx: BackendContext) -> KernelChoice:

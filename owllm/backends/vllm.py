@@ -47,7 +47,13 @@ from owllm.backends import (
     LaunchSpec,
     option_problems,
 )
-from owllm.backends._common import api_key_vars, hf_model_path, runs_on_cpu, write_run_file
+from owllm.backends._common import (
+    api_key_vars,
+    hf_model_path,
+    runs_on_cpu,
+    thread_budget,
+    write_run_file,
+)
 from owllm.backends._kernels import KernelChoice, choose
 from owllm.config import ModelConfig
 from owllm.inenv import PACKAGE_DIR
@@ -211,6 +217,9 @@ class VllmBackend:
                **api_key_vars(model, "VLLM_API_KEY")}  # vLLM's own variable
         if cpu and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KV_CACHE_GIB
+        threads = cpu_threads(cpu)
+        if threads is not None:
+            env.update(cpu_thread_vars(int(threads.value)))
         # The guard (loopback Host/Origin, JSON bodies, body cap, the key on every route but
         # /health) as vLLM's outermost middleware.  A copy in the run folder: vLLM imports
         # it by a top-level name, and the owllm package is not importable in vLLM's env.
@@ -226,7 +235,23 @@ class VllmBackend:
             p for p in (str(guard.parent), os.environ.get("PYTHONPATH")) if p)
         env["OWLLM_BIND_HOST"] = host  # the guard warns when it is not loopback
         return LaunchSpec(argv=(*argv, *model.server_args), env=env,
-                          ready_needs_completion=True, kernels=(dtype,))
+                          ready_needs_completion=True,
+                          kernels=(dtype,) if threads is None else (dtype, threads))
+
+
+def cpu_threads(cpu: bool) -> KernelChoice | None:
+    """The thread budget of a vLLM-cpu server (:func:`thread_budget`); None on a GPU or when
+    the user's environment binds vLLM's threads itself (``VLLM_CPU_OMP_THREADS_BIND``)."""
+    if not cpu or os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        return None
+    return thread_budget()
+
+
+def cpu_thread_vars(threads: int) -> dict[str, str]:
+    """vLLM-cpu's default ("auto") binds its OpenMP threads to cores it picks itself, the
+    same cores for every server on the host, so three servers share one core while the
+    other idles.  "nobind" leaves placement to the OS and the count to OMP_NUM_THREADS."""
+    return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(threads)}
 
 
 # What vLLM-cpu's bfloat16 path executes when the CPU lists it (cpu_attn.py picks AMX

@@ -17,6 +17,7 @@ from owllm.envs import EnvRegistry
 from owllm.envs.runner import run_in_env
 from owllm.paths import Home
 from owllm.servers.manager import LLMServerManager
+from tests.inenv.conftest import CACHE_HOME
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +49,18 @@ models:
 def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMServerManager]:
     root = tmp_path_factory.mktemp("tf-backend")
     home = Home(root)
-    peft_env = EnvRegistry(home).ensure_env("torch-cpu-transformers-peft")
     demo, lora = root / "demo", root / "lora"
-    run_in_env(peft_env.python_executable, "demo_model",
-               ["--out", str(demo), "--lora-out", str(lora)], timeout=300)
     config = root / "configs" / "llm_backends.yaml"
     config.parent.mkdir()
     config.write_text(CONFIG.replace("LORA_DIR", str(lora)))
-    mgr = LLMServerManager(config, home=home)
+    # The envs come from the tests' machine-wide cache home (built once per machine, like
+    # tests/inenv's): building them is tests/envs' subject, this module's is what the config
+    # maps to a server.  Servers, state and the demo weights stay in this module's home.
+    envs = EnvRegistry(CACHE_HOME / "home", config_path=config, progress=False)
+    peft_env = envs.ensure_env("torch-cpu-transformers-peft")
+    run_in_env(peft_env.python_executable, "demo_model",
+               ["--out", str(demo), "--lora-out", str(lora)], timeout=300)
+    mgr = LLMServerManager(config, home=home, registry=envs)
     yield mgr
     mgr.stop_all()
 

@@ -6,8 +6,10 @@ HTTP (httpx, or a raw socket where httpx would refuse to send the hostile bytes)
   each backend, ``api_key_env`` naming :data:`KEY_VAR`) in the run's home, so the envs, the
   demo weights and the GGUF are the run's, and the launch (argv, environment, the key passed
   as ``OWLLM_API_KEY`` / ``VLLM_API_KEY``) is the one users get.  ``OWLLM_ALLOWED_HOSTS`` is
-  :data:`ALLOWED`.  One server per backend and xdist worker serves every test file
-  (:func:`model_server`); it is stopped when the session ends.
+  :data:`ALLOWED`.  One server per backend serves every test file and every xdist worker
+  (:func:`model_server`): started once per run through the plugin's ``start_shared`` (the
+  first worker under a lock, the others attach), owned by the run and stopped when it ends.
+  Those tests only send requests; none stops or kills the shared server.
 * The tool server is ``python -m owllm.tools.server`` (:func:`start_tool_server`).
 """
 
@@ -36,15 +38,14 @@ ALLOWED = "allowed.example"
 EVIL = "evil.example"
 SERVER_KEY_VARS = ("OWLLM_API_KEY", "VLLM_API_KEY", "OWLLM_ALLOWED_HOSTS")
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
-# Demo model per backend; the model id carries the worker so two xdist workers never share
-# (and stop) one server.  vLLM and llama.cpp readiness is a real completion.
+# Demo model per backend (vLLM and llama.cpp readiness is a real completion).  The shared
+# servers' ids are ``hostile-<backend>``; a test's own server carries the worker in its id.
 MODELS: dict[str, dict[str, Any]] = {
     "transformers": {"max_model_len": 512},
     "llamacpp": {"max_model_len": 512},
     "vllm": {"max_model_len": 512, "startup_timeout_s": 600},
 }
 _STARTED: dict[str, Endpoint] = {}
-_STOPS: list[Callable[[], object]] = []
 
 
 @dataclass
@@ -148,23 +149,53 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def hostile_servers() -> Iterator[dict[str, Endpoint]]:
-    """Owns the model servers :func:`model_server` starts: stopped when the session's
-    fixtures end (before the root conftest looks for leftover processes).  Import it into a
-    test module that uses model_server."""
+    """The endpoints :func:`model_server` handed out in this worker, forgotten when its
+    session ends; the servers themselves belong to the run, which stops them when it ends
+    (before the root conftest looks for leftover processes).  Import it into a test module
+    that uses model_server."""
     yield _STARTED
-    while _STOPS:
-        _STOPS.pop()()
     _STARTED.clear()
 
 
 def model_server(request: pytest.FixtureRequest, backend: str) -> Endpoint:
-    """The keyed demo server of ``backend`` (started once per worker, by the manager)."""
+    """The keyed demo server of ``backend``, started once per run and shared by the xdist
+    workers (issue #18: one vLLM start per worker cost a minute of a 2-core run)."""
     request.getfixturevalue("hostile_servers")
     if backend not in _STARTED:
-        endpoint, stop = start_model_server(request, backend, backend)
-        _STOPS.append(stop)
-        _STARTED[backend] = endpoint
+        _STARTED[backend] = _shared_model_server(request, backend)
     return _STARTED[backend]
+
+
+def _shared_model_server(request: pytest.FixtureRequest, backend: str) -> Endpoint:
+    from owllm.servers.manager import LLMServerManager
+    from pytest_owllm.factories import start_shared
+    from pytest_owllm.run import run_owner, shared_dir
+
+    run_manager = request.getfixturevalue("owllm_manager")
+    config = shared_dir(request.config) / "hostile-servers" / "configs" / "llm_backends.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    models = {f"hostile-{name}": model_entry(name, KEY) for name in MODELS}
+    # Every worker writes the same text; os.replace makes each write whole.
+    tmp = config.with_name(f".{WORKER}.tmp")
+    tmp.write_text(json.dumps({"models": models}), encoding="utf-8")  # JSON is YAML
+    os.replace(tmp, config)
+    manager = LLMServerManager(config, home=run_manager.home)
+    manager.owner = run_owner(request.config)  # the run stops it when it ends
+    model_id = f"hostile-{backend}"
+    with _environ({KEY_VAR: KEY, "OWLLM_ALLOWED_HOSTS": ALLOWED}):
+        row = start_shared(request, manager, model_id)
+    return Endpoint(row["url"], row["pid"], Path(row["log_path"]), KEY, model_id)
+
+
+def model_entry(backend: str, key: str | None) -> dict[str, Any]:
+    """The config entry of the demo model on ``backend`` (keyed when ``key`` is given)."""
+    model: dict[str, Any] = {"base_model": "demo://tiny-llama", "backend": backend,
+                             "device": "cpu", "generation": {"max_tokens": 8,
+                                                             "temperature": 0.0},
+                             **MODELS[backend]}
+    if key:
+        model["api_key_env"] = KEY_VAR
+    return model
 
 
 def start_model_server(request: pytest.FixtureRequest, backend: str, name: str,
@@ -178,13 +209,7 @@ def start_model_server(request: pytest.FixtureRequest, backend: str, name: str,
     model_id = f"hostile-{name}-{WORKER}"
     config = folder / "configs" / "llm_backends.yaml"
     config.parent.mkdir(parents=True)
-    model: dict[str, Any] = {"base_model": "demo://tiny-llama", "backend": backend,
-                             "device": "cpu", "generation": {"max_tokens": 8,
-                                                             "temperature": 0.0},
-                             **MODELS[backend]}
-    if key:
-        model["api_key_env"] = KEY_VAR
-    config.write_text(json.dumps({"models": {model_id: model}}),  # JSON is YAML
+    config.write_text(json.dumps({"models": {model_id: model_entry(backend, key)}}),  # YAML
                       encoding="utf-8")
     manager = LLMServerManager(config, home=run_manager.home)
 

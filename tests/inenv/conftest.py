@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from owllm.backends._common import thread_budget
+from owllm.backends.transformers import omp_thread_vars
 from owllm.envs import EnvRegistry
 from owllm.envs.runner import inenv_argv, run_in_env
 
@@ -119,9 +121,17 @@ def launch(python: Path, config: dict[str, Any], workdir: Path) -> Server:
             inenv_argv(python, "transformers_app", "--config-json", str(config_file),
                        "--host", "127.0.0.1", "--port", str(port)),
             stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **thread_vars()},
         )
     return Server(process, f"http://127.0.0.1:{port}", config["model_id"], log)
+
+
+def thread_vars() -> dict[str, str]:
+    """The run's thread budget for a CPU server (as the transformers backend gives it)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return {}
+    budget = thread_budget()
+    return {} if budget is None else omp_thread_vars(int(budget.value))
 
 
 def server_config(model_dir: Path, model_id: str, **overrides: Any) -> dict[str, Any]:
