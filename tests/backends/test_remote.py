@@ -31,7 +31,7 @@ from owllm.envs.runner import inenv_argv, run_in_env
 from owllm.errors import ConfigError, ServerError
 from owllm.servers.manager import LLMServerManager
 from tests.inenv.conftest import CACHE_HOME, ENV_KEY, Server, free_port, server_config
-from tests.procs import gone
+from tests.procs import die_with_parent, gone
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "s3cret-remote-key"
@@ -184,6 +184,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             inenv_argv(python, "transformers_app", "--config-json", str(root / "config.json"),
                        "--host", "127.0.0.1", "--port", str(port)),
             stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "OWLLM_API_KEY": KEY})
     server = Server(process, f"http://127.0.0.1:{port}", SERVED, root / "server.log")
     try:

@@ -27,6 +27,7 @@ from owllm.backends._common import thread_budget
 from owllm.backends.transformers import omp_thread_vars
 from owllm.envs import EnvRegistry
 from owllm.envs.runner import inenv_argv, run_in_env
+from tests.procs import die_with_parent
 
 # One env with every optional feature, so LoRA and 4-bit run in the same interpreter.
 ENV_KEY = "torch-cpu-transformers-bnb-peft"
@@ -121,6 +122,7 @@ def launch(python: Path, config: dict[str, Any], workdir: Path) -> Server:
             inenv_argv(python, "transformers_app", "--config-json", str(config_file),
                        "--host", "127.0.0.1", "--port", str(port)),
             stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **thread_vars()},
         )
     return Server(process, f"http://127.0.0.1:{port}", config["model_id"], log)
