@@ -74,9 +74,6 @@ def train_tokenizer(workdir: Path, corpus: str = CORPUS * 20) -> Path:
     """Train the SentencePiece model on ``corpus`` (the demo's by default); return the folder
     holding the HF tokenizer files."""
     import sentencepiece as spm
-    from tokenizers import Tokenizer, decoders, models, normalizers, processors
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import SentencePieceExtractor
 
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "corpus.txt").write_text(corpus, encoding="utf-8")
@@ -89,11 +86,20 @@ def train_tokenizer(workdir: Path, corpus: str = CORPUS * 20) -> Path:
         _train_sp(spm)
     finally:
         os.chdir(cwd)
-    out = workdir / "tokenizer"
+    return fast_tokenizer(Path(f"{prefix}.model"), workdir / "tokenizer", CHAT_TEMPLATE)
+
+
+def fast_tokenizer(sp_model: Path, out: Path, chat_template: str) -> Path:
+    """``out``: ``sp_model`` as ``tokenizer.model`` plus the matching fast tokenizer (the
+    SentencePiece BPE as a ``tokenizers`` pipeline, Llama layout) with ``chat_template``;
+    shared by the demo model and the trained tool caller (``tool_caller_tok``)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
     out.mkdir()
-    shutil.copy(f"{prefix}.model", out / "tokenizer.model")
-    # The fast tokenizer: the SentencePiece BPE as a `tokenizers` pipeline (Llama layout).
-    extracted = SentencePieceExtractor(f"{prefix}.model").extract(models.BPE)
+    shutil.copy(sp_model, out / "tokenizer.model")
+    extracted = SentencePieceExtractor(str(sp_model)).extract(models.BPE)
     tok = Tokenizer(models.BPE(vocab=extracted["vocab"], merges=extracted["merges"],
                                unk_token="<unk>", fuse_unk=True, byte_fallback=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
@@ -104,7 +110,7 @@ def train_tokenizer(workdir: Path, corpus: str = CORPUS * 20) -> Path:
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>", pad_token="</s>",
-                                   chat_template=CHAT_TEMPLATE)
+                                   chat_template=chat_template)
     fast.save_pretrained(out)
     return out
 

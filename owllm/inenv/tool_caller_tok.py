@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
+
+from .demo_model import fast_tokenizer
 
 VOCAB_SIZE = 512
 #: Never in the training text (a control picture): marks where no piece may cross.
@@ -45,9 +46,6 @@ def train_tokenizer(workdir: Path, corpus: str, chat_template: str) -> Path:
     """Train on ``corpus``; return the folder holding ``tokenizer.model`` and the matching
     fast tokenizer (the demo model's Llama layout and ``chat_template``)."""
     import sentencepiece as spm
-    from tokenizers import Tokenizer, decoders, models, normalizers, processors
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import SentencePieceExtractor
 
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "corpus.txt").write_text(mark_boundaries(corpus), encoding="utf-8")
@@ -59,20 +57,4 @@ def train_tokenizer(workdir: Path, corpus: str, chat_template: str) -> Path:
         _train_sp(spm)
     finally:
         os.chdir(cwd)
-    out = workdir / "tokenizer"
-    out.mkdir()
-    shutil.copy(workdir / "sp.model", out / "tokenizer.model")
-    extracted = SentencePieceExtractor(str(workdir / "sp.model")).extract(models.BPE)
-    tok = Tokenizer(models.BPE(vocab=extracted["vocab"], merges=extracted["merges"],
-                               unk_token="<unk>", fuse_unk=True, byte_fallback=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
-                                           normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
-                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="</s>",
-                                   chat_template=chat_template)
-    fast.save_pretrained(out)
-    return out
+    return fast_tokenizer(workdir / "sp.model", workdir / "tokenizer", chat_template)
