@@ -22,6 +22,9 @@ def test_generate(owllm_model_id: str, owllm_server: dict[str, Any],
     record_property("startup_s", extra.get("startup_s"))
     record_property("tokens_per_s", result.get("tokens_per_s"))
     record_property("first_token_s", result.get("first_token_s"))
+    for step in result.get("ladder") or []:  # the readiness ladder: which step, how long
+        record_property(f"ladder_{step['step']}_ok", step["ok"])
+        record_property(f"ladder_{step['step']}_s", step["seconds"])
     assert result["status"] == "PASS", (
         f"model smoke of {owllm_model_id} failed: {json.dumps(result['errors'], indent=2)}\n"
         f"server log tail:\n{result.get('log_tail', '')}")

@@ -244,6 +244,9 @@ def test_xdist_run_starts_each_server_once_and_reports(project: pytest.Pytester,
     assert {"env_key", "port", "startup_s", "tokens_per_s"} <= generate.keys()
     assert generate["env_key"] == "torch-cpu-transformers"
     assert float(generate["tokens_per_s"]) > 0
+    steps = ("process_alive", "port_open", "health", "model_listed", "one_token")
+    assert all(generate[f"ladder_{step}_ok"] == "True" for step in steps)
+    assert float(generate["ladder_one_token_s"]) > 0
     env = props["test_env_health[torch-cpu-transformers]"]
     assert env["torch_version"].startswith("2.13.0") and env["python_path"]
     store = StateStore(shared_home / ".owllm" / "state.db")
