@@ -62,31 +62,33 @@ CHAT_TEMPLATE = (
 )
 
 
-def _train_sp(spm: Any) -> None:
-    spm.SentencePieceTrainer.train(
-        input="corpus.txt", model_prefix="sp", vocab_size=VOCAB_SIZE, model_type="bpe",
-        character_coverage=1.0, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        hard_vocab_limit=False, num_threads=1, minloglevel=2, split_digits=True,
-    )
-
-
-def train_tokenizer(workdir: Path, corpus: str = CORPUS * 20) -> Path:
-    """Train the SentencePiece model on ``corpus`` (the demo's by default); return the folder
-    holding the HF tokenizer files."""
+def train_sentencepiece(workdir: Path, corpus: str, **options: Any) -> Path:
+    """Train the demo recipe's SentencePiece BPE (vocabulary of 512, byte fallback, split
+    digits; ``options`` add to it) on ``corpus`` in ``workdir``; return ``sp.model``."""
     import sentencepiece as spm
 
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "corpus.txt").write_text(corpus, encoding="utf-8")
-    prefix = workdir / "sp"
     # The trainer records its input and output paths inside tokenizer.model: train with
     # relative names from inside workdir so the bytes do not depend on the temp folder.
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
-        _train_sp(spm)
+        spm.SentencePieceTrainer.train(
+            input="corpus.txt", model_prefix="sp", vocab_size=VOCAB_SIZE, model_type="bpe",
+            character_coverage=1.0, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2,
+            pad_id=-1, hard_vocab_limit=False, num_threads=1, minloglevel=2,
+            split_digits=True, **options)
     finally:
         os.chdir(cwd)
-    return fast_tokenizer(Path(f"{prefix}.model"), workdir / "tokenizer", CHAT_TEMPLATE)
+    return workdir / "sp.model"
+
+
+def train_tokenizer(workdir: Path, corpus: str = CORPUS * 20) -> Path:
+    """Train the SentencePiece model on ``corpus`` (the demo's by default); return the folder
+    holding the HF tokenizer files."""
+    return fast_tokenizer(train_sentencepiece(workdir, corpus), workdir / "tokenizer",
+                          CHAT_TEMPLATE)
 
 
 def fast_tokenizer(sp_model: Path, out: Path, chat_template: str) -> Path:

@@ -15,12 +15,10 @@ or a number encodes to the same tokens wherever it stands, and digits are single
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
-from typing import Any
 
-from .demo_model import fast_tokenizer
+from .demo_model import fast_tokenizer, train_sentencepiece
 
 VOCAB_SIZE = 512
 #: Never in the training text (a control picture): marks where no piece may cross.
@@ -33,28 +31,9 @@ def mark_boundaries(text: str) -> str:
     return _BOUNDARY.sub(DELIMITER, text)
 
 
-def _train_sp(spm: Any) -> None:
-    spm.SentencePieceTrainer.train(
-        input="corpus.txt", model_prefix="sp", vocab_size=VOCAB_SIZE, model_type="bpe",
-        character_coverage=1.0, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        hard_vocab_limit=False, num_threads=1, minloglevel=2, split_digits=True,
-        pretokenization_delimiter=DELIMITER,
-    )
-
-
 def train_tokenizer(workdir: Path, corpus: str, chat_template: str) -> Path:
     """Train on ``corpus``; return the folder holding ``tokenizer.model`` and the matching
     fast tokenizer (the demo model's Llama layout and ``chat_template``)."""
-    import sentencepiece as spm
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "corpus.txt").write_text(mark_boundaries(corpus), encoding="utf-8")
-    # The trainer records its paths inside tokenizer.model: relative names from inside
-    # workdir keep the bytes independent of the temp folder.
-    cwd = os.getcwd()
-    os.chdir(workdir)
-    try:
-        _train_sp(spm)
-    finally:
-        os.chdir(cwd)
-    return fast_tokenizer(workdir / "sp.model", workdir / "tokenizer", chat_template)
+    sp_model = train_sentencepiece(workdir, mark_boundaries(corpus),
+                                   pretokenization_delimiter=DELIMITER)
+    return fast_tokenizer(sp_model, workdir / "tokenizer", chat_template)
